@@ -1,0 +1,20 @@
+"""masked_opt: train only part of an MXNet parameter, exactly.
+
+Importing the package registers the ``'masked'`` optimizer with MXNet, so that
+``Module.fit(optimizer='masked', ...)`` and ``gluon.Trainer(params, 'masked', ...)`` find it.
+
+Examples
+--------
+>>> import masked_opt as mo
+>>> opt = mo.Masked(base='sgd', learning_rate=0.1, masks={'emb_weight': mo.train_cols([7])})
+>>> opt.learning_rate
+0.1
+"""
+from .masks import (Mask, as_mask, freeze_cols, freeze_rows, scale_cols, scale_rows,
+                    train_cols, train_rows, train_rows_from)
+from .optimizer import Masked
+
+__version__ = '0.1.0'
+
+__all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze_rows',
+           'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols']

@@ -1,0 +1,392 @@
+"""Mask specifications: which entries of a parameter train, and how much.
+
+A mask for a parameter of shape ``(V, D, ...)`` is a row scale ``r`` in ``[0, 1]^V`` and a
+column scale ``c`` in ``[0, 1]^D``; entry ``(i, j)`` moves by ``r[i] * c[j]`` times the step the
+wrapped optimizer would take. ``0`` freezes an entry bit-for-bit, ``1`` trains it as usual.
+
+Masks are written as small English-like helpers (:func:`train_rows_from`, :func:`train_cols`,
+...) combined with ``&``, or as plain data ``{'rows': ..., 'cols': ...}`` (see :func:`as_mask`)
+so that they can come from a config file. A mask does not know its parameter's shape until the
+optimizer first sees the weight; :meth:`Mask.resolve` then turns it into numpy scale vectors and
+checks them against the shape.
+
+Everything here is plain Python and numpy: masks are pickled with the optimizer (into kvstore
+servers and Gluon state files), so they hold no NDArray and no Parameter.
+"""
+import base64
+import numbers
+
+import numpy as np
+
+__all__ = ['Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze_rows', 'scale_rows',
+           'train_cols', 'freeze_cols', 'scale_cols']
+
+
+def _encode_array(arr):
+    """Pickle-protocol-0-safe (ASCII) form of a numpy array.
+
+    The dist kvstore sends the optimizer as ``pickle.dumps(opt, 0).decode('utf-8')``; a numpy
+    array in the pickle holds raw bytes >= 0x80 and breaks that decode on the worker.
+    """
+    arr = np.ascontiguousarray(arr)
+    return (arr.dtype.str, arr.shape, base64.b64encode(arr.tobytes()).decode('ascii'))
+
+
+def _decode_array(encoded):
+    dtype, shape, data = encoded
+    return np.frombuffer(base64.b64decode(data), dtype=np.dtype(dtype)).reshape(shape).copy()
+
+
+class _AxisSpec:
+    """One factor of the scale along one axis. Subclasses implement :meth:`scales`."""
+
+    _array_fields = ()
+
+    def scales(self, length, where):
+        """Return float64 scales of shape ``(length,)``; ``where`` names the axis in errors."""
+        raise NotImplementedError
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for field in self._array_fields:
+            state[field] = _encode_array(state[field])
+        return state
+
+    def __setstate__(self, state):
+        for field in self._array_fields:
+            state[field] = _decode_array(state[field])
+        self.__dict__.update(state)
+
+    def __eq__(self, other):
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(np.array_equal(getattr(self, k), getattr(other, k)) for k in self.__dict__)
+
+    __hash__ = None
+
+
+class _From(_AxisSpec):
+    """Scale 1 from ``start`` to the end of the axis, 0 before it."""
+
+    def __init__(self, start):
+        if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
+            raise ValueError('train_rows_from expects a non-negative integer row number '
+                             '(the number of old rows), received %r' % (start,))
+        self.start = int(start)
+
+    def scales(self, length, where):
+        if self.start > length:
+            raise ValueError('%s: train_rows_from(%d) starts past the end; expected a start '
+                             'in [0, %d] for an axis of length %d. Did the table grow as '
+                             'expected?' % (where, self.start, length, length))
+        out = np.zeros(length)
+        out[self.start:] = 1.0
+        return out
+
+    def __repr__(self):
+        return 'from %d' % self.start
+
+
+class _Indices(_AxisSpec):
+    """Scale ``inside`` at the given indices and ``1 - inside`` elsewhere."""
+
+    _array_fields = ('indices',)
+
+    def __init__(self, indices, inside, helper):
+        arr = np.asarray(_to_numpy(indices))
+        if arr.ndim != 1:
+            raise ValueError('%s expects a 1-D list of indices, received an array of shape %s'
+                             % (helper, arr.shape))
+        if arr.size and not (np.issubdtype(arr.dtype, np.integer)
+                             or (np.issubdtype(arr.dtype, np.floating)
+                                 and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))):
+            raise TypeError('%s expects integer indices, received %s values such as %r'
+                            % (helper, arr.dtype, arr[:3].tolist()))
+        arr = arr.astype(np.int64)
+        if arr.size and arr.min() < 0:
+            raise ValueError('%s expects non-negative indices, received %d. Negative indices '
+                             'are not counted from the end here; pass the row number.'
+                             % (helper, arr.min()))
+        unique, counts = np.unique(arr, return_counts=True)
+        if np.any(counts > 1):
+            raise ValueError('%s expects each index once, received repeated indices %s'
+                             % (helper, unique[counts > 1][:10].tolist()))
+        self.indices = arr
+        self.inside = float(inside)
+        self.helper = helper
+
+    def scales(self, length, where):
+        if self.indices.size and self.indices.max() >= length:
+            raise ValueError('%s: %s index %d is out of range; expected indices in [0, %d) '
+                             'for an axis of length %d'
+                             % (where, self.helper, self.indices.max(), length, length))
+        out = np.full(length, 1.0 - self.inside)
+        out[self.indices] = self.inside
+        return out
+
+    def __repr__(self):
+        return '%s(%d indices)' % (self.helper, self.indices.size)
+
+
+class _Scales(_AxisSpec):
+    """Explicit per-index scales in ``[0, 1]``."""
+
+    _array_fields = ('values',)
+
+    def __init__(self, values, helper):
+        arr = np.asarray(_to_numpy(values))
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number)
+                                       or arr.dtype == np.bool_):
+            raise TypeError('%s expects numbers in [0, 1], received %s' % (helper, arr.dtype))
+        arr = arr.astype(np.float64)
+        if arr.ndim != 1:
+            raise ValueError('%s expects a 1-D array of scales, received shape %s'
+                             % (helper, arr.shape))
+        bad = ~np.isfinite(arr) | (arr < 0) | (arr > 1)
+        if np.any(bad):
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError('%s expects every scale in [0, 1], received %r at position %d '
+                             '(%d bad values). Use 0 to freeze, 1 to train, a fraction to '
+                             'slow an entry down.' % (helper, arr[i], i, int(bad.sum())))
+        self.values = arr
+        self.helper = helper
+
+    def scales(self, length, where):
+        if self.values.shape[0] != length:
+            raise ValueError('%s: %s has %d values; expected %d (one per index of an axis of '
+                             'length %d)' % (where, self.helper, self.values.shape[0],
+                                             length, length))
+        return self.values
+
+    def __repr__(self):
+        return '%s(%d values)' % (self.helper, self.values.shape[0])
+
+
+def _to_numpy(values):
+    """Accept lists, tuples, numpy arrays and NDArrays (copied to the host once, here)."""
+    if hasattr(values, 'asnumpy'):
+        return values.asnumpy()
+    return values
+
+
+class Mask:
+    """Which entries of one parameter train: a row scale times a column scale.
+
+    Build masks with the helpers (:func:`train_rows_from`, :func:`train_cols`, ...) and
+    combine them with ``&`` (scales multiply). ``Mask()`` trains everything.
+
+    Parameters
+    ----------
+    rows : tuple of axis specs, optional
+        Factors of the row scale; their product is the scale. Empty means all ones.
+    cols : tuple of axis specs, optional
+        Factors of the column scale (axis 1). Empty means all ones.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> m = mo.train_rows_from(3) & mo.train_cols([1])
+    >>> rows, cols = m.resolve((5, 2), 'emb_weight')
+    >>> rows.tolist(), cols.tolist()
+    ([0.0, 0.0, 0.0, 1.0, 1.0], [0.0, 1.0])
+    """
+
+    def __init__(self, rows=(), cols=()):
+        self.rows = tuple(rows)
+        self.cols = tuple(cols)
+
+    def __and__(self, other):
+        if not isinstance(other, Mask):
+            return NotImplemented
+        return Mask(self.rows + other.rows, self.cols + other.cols)
+
+    def __eq__(self, other):
+        if not isinstance(other, Mask):
+            return NotImplemented
+        return self.rows == other.rows and self.cols == other.cols
+
+    __hash__ = None
+
+    def __repr__(self):
+        parts = []
+        if self.rows:
+            parts.append('rows=' + ' & '.join(map(repr, self.rows)))
+        if self.cols:
+            parts.append('cols=' + ' & '.join(map(repr, self.cols)))
+        return 'Mask(%s)' % ', '.join(parts)
+
+    def resolve(self, shape, name):
+        """Turn the mask into scale vectors for a parameter of the given shape.
+
+        Parameters
+        ----------
+        shape : tuple of int
+            The parameter's full shape.
+        name : str
+            The parameter's name, used in error messages.
+
+        Returns
+        -------
+        rows : numpy.ndarray or None
+            float64 scales of shape ``(shape[0],)``, or None when every row has scale 1.
+        cols : numpy.ndarray or None
+            float64 scales of shape ``(shape[1],)``, or None when every column has scale 1.
+
+        Raises
+        ------
+        ValueError
+            When the mask does not fit the shape (length, range, column mask on a 1-D
+            parameter); the message names the parameter.
+
+        Examples
+        --------
+        >>> import masked_opt as mo
+        >>> mo.freeze_rows([0]).resolve((3, 4), 'w')[0].tolist()
+        [0.0, 1.0, 1.0]
+        """
+        shape = tuple(shape)
+        if len(shape) == 0:
+            raise ValueError("parameter '%s': a mask needs a parameter with at least one axis, "
+                             "received a scalar (shape ())" % name)
+        if self.cols and len(shape) < 2:
+            raise ValueError("parameter '%s' is 1-D (shape %s) and has no columns; expected a "
+                             "row mask only, received a column mask %r. Drop 'cols'."
+                             % (name, shape, self.cols))
+        rows = _product(self.rows, shape[0], "parameter '%s' rows" % name)
+        cols = _product(self.cols, shape[1], "parameter '%s' cols" % name) if self.cols else None
+        return rows, cols
+
+
+def _product(specs, length, where):
+    if not specs:
+        return None
+    out = np.ones(length)
+    for spec in specs:
+        out = out * spec.scales(length, where)
+    if np.all(out == 1.0):
+        return None
+    return out
+
+
+def train_rows_from(n_old):
+    """Train only rows ``n_old, n_old + 1, ...``: the new rows of a grown table.
+
+    Parameters
+    ----------
+    n_old : int
+        How many leading rows stay frozen (the size of the vocabulary before it grew).
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.train_rows_from(2).resolve((4, 3), 'w')[0].tolist()
+    [0.0, 0.0, 1.0, 1.0]
+    """
+    return Mask(rows=(_From(n_old),))
+
+
+def train_rows(indices):
+    """Train only the given rows; every other row is frozen.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.train_rows([0, 3]).resolve((4, 3), 'w')[0].tolist()
+    [1.0, 0.0, 0.0, 1.0]
+    """
+    return Mask(rows=(_Indices(indices, 1.0, 'train_rows'),))
+
+
+def freeze_rows(indices):
+    """Freeze the given rows; every other row trains.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.freeze_rows([1]).resolve((3, 2), 'w')[0].tolist()
+    [1.0, 0.0, 1.0]
+    """
+    return Mask(rows=(_Indices(indices, 0.0, 'freeze_rows'),))
+
+
+def scale_rows(values):
+    """Per-row scale in ``[0, 1]``: row ``i`` moves by ``values[i]`` times the usual step.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.scale_rows([0, 0.5, 1]).resolve((3, 2), 'w')[0].tolist()
+    [0.0, 0.5, 1.0]
+    """
+    return Mask(rows=(_Scales(values, 'scale_rows'),))
+
+
+def train_cols(indices):
+    """Train only the given columns (latent dimensions); every other column is frozen.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.train_cols([7]).resolve((2, 8), 'w')[1].tolist()
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+    """
+    return Mask(cols=(_Indices(indices, 1.0, 'train_cols'),))
+
+
+def freeze_cols(indices):
+    """Freeze the given columns; every other column trains.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.freeze_cols([0]).resolve((2, 3), 'w')[1].tolist()
+    [0.0, 1.0, 1.0]
+    """
+    return Mask(cols=(_Indices(indices, 0.0, 'freeze_cols'),))
+
+
+def scale_cols(values):
+    """Per-column scale in ``[0, 1]``.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.scale_cols([1, 0.25]).resolve((2, 2), 'w')[1].tolist()
+    [1.0, 0.25]
+    """
+    return Mask(cols=(_Scales(values, 'scale_cols'),))
+
+
+def as_mask(value, name='mask'):
+    """Convert a mask given as a :class:`Mask` or as plain data into a :class:`Mask`.
+
+    Parameters
+    ----------
+    value : Mask or dict
+        A :class:`Mask`, or ``{'rows': scales or None, 'cols': scales or None}`` where scales
+        are array_like (list, numpy array or NDArray) of numbers in ``[0, 1]``.
+    name : str
+        What the mask belongs to, for error messages.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> mo.as_mask({'rows': [0, 1, 1], 'cols': None}) == mo.scale_rows([0, 1, 1])
+    True
+    """
+    if isinstance(value, Mask):
+        return value
+    if isinstance(value, dict):
+        unknown = set(value) - {'rows', 'cols'}
+        if unknown:
+            raise ValueError("mask for %s: expected keys 'rows' and/or 'cols', received "
+                             "unknown keys %s" % (name, sorted(unknown)))
+        mask = Mask()
+        if value.get('rows') is not None:
+            mask = mask & scale_rows(value['rows'])
+        if value.get('cols') is not None:
+            mask = mask & scale_cols(value['cols'])
+        return mask
+    raise TypeError("mask for %s: expected a masked_opt.Mask (e.g. mo.train_rows_from(n_old)) "
+                    "or a dict {'rows': ..., 'cols': ...}, received %s"
+                    % (name, type(value).__name__))

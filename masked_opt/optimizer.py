@@ -1,0 +1,379 @@
+"""The registered ``'masked'`` optimizer: any MXNet optimizer, restricted to part of a parameter.
+
+Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision`):
+
+1. :meth:`Masked._plan` finds the parameter's mask by index -> name (Module's ``idx2name`` or
+   Gluon's ``param_dict``) and returns its :class:`~masked_opt.update.BlockPlan` for the
+   weight's context (built once, then cached).
+2. Parameters without a mask go straight to the wrapped optimizer (``self.base``), in the same
+   aggregated multi-tensor call it would have made alone.
+3. For a masked parameter, the plan gathers the trainable block of the weight and gradient,
+   the wrapped optimizer updates the block with a state that exists only for the block, the
+   plan blends fractional scales and scatters the block back into the weight.
+
+The wrapper keeps no optimizer settings of its own: learning rate, ``rescale_grad``, ``wd``,
+``idx2name``, ``param_dict``, multipliers and update counts live in the wrapped optimizer, and
+the properties below forward them, because Module and Trainer set them on the object they were
+given (see ``_FORWARDED``).
+"""
+import fnmatch
+
+import numpy as np
+from mxnet import optimizer as mx_opt
+from mxnet.ndarray import NDArray
+
+from .masks import as_mask
+from .update import BlockPlan
+
+__all__ = ['Masked']
+
+# Attributes that MXNet's Module, Trainer, Updater and LR schedule read or write on "the
+# optimizer". They must reach the wrapped optimizer, which does the arithmetic.
+_FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'multi_precision',
+              'lr_mult', 'wd_mult', 'sym_info', 'num_update', 'begin_num_update',
+              'aggregate_num', '_index_update_count', '_all_index_update_counts')
+
+# Optimizers whose multi_precision state is ``(inner_state, master_copy)``; MXNet's default
+# (Optimizer.create_state_multi_precision) is ``(master_copy, inner_state)``.
+_MASTER_LAST = (mx_opt.SGD, mx_opt.LARS, mx_opt.NAG)
+
+
+def _forward(name):
+    def get(self):
+        return getattr(self.base, name)
+
+    def set_(self, value):
+        setattr(self.base, name, value)
+    return property(get, set_, doc='Forwarded to the wrapped optimizer (``base.%s``).' % name)
+
+
+@mx_opt.register
+class Masked(mx_opt.Optimizer):
+    """Wrap an MXNet optimizer so that it trains only the masked part of some parameters.
+
+    Registered as ``'masked'``: use it by name in ``Module.fit`` and ``gluon.Trainer``, or pass
+    an instance. Entries with scale 0 stay bit-for-bit unchanged, weight and optimizer state
+    alike, whatever the wrapped optimizer does; entries with scale 1 train exactly as the
+    wrapped optimizer would train them as a parameter of their own; a scale in between moves
+    an entry by that fraction of the step.
+
+    Parameters
+    ----------
+    base : str or mxnet.optimizer.Optimizer, default 'sgd'
+        The optimizer to wrap: a registered name (``'adam'``, ``'sgd'``, ...) or an instance.
+    masks : dict, optional
+        Maps a parameter name, a glob pattern (``'*_embedding_weight'``) or a
+        ``gluon.Parameter`` to a :class:`~masked_opt.Mask` or to plain data
+        ``{'rows': ..., 'cols': ...}``. Parameters without a mask are updated by ``base`` alone.
+    **kwargs
+        Everything else (``learning_rate``, ``wd``, ``momentum``, ``rescale_grad``,
+        ``param_idx2name``, ``param_dict``, ``sym``, ...) goes to the constructor of ``base``
+        when it is a name. When ``base`` is an instance, only what Module and Trainer pass
+        (``sym``, ``param_idx2name``, ``param_dict``, ``rescale_grad``) is accepted.
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> import masked_opt as mo
+    >>> net = mx.gluon.nn.Embedding(10, 4)
+    >>> net.initialize()
+    >>> trainer = mx.gluon.Trainer(net.collect_params(), 'masked',
+    ...                            {'base': 'adam', 'learning_rate': 0.01,
+    ...                             'masks': {net.weight: mo.train_rows_from(8)}})
+    >>> old = net.weight.data().asnumpy()
+    >>> with mx.autograd.record():
+    ...     loss = net(mx.nd.array([1, 9])).sum()
+    >>> loss.backward()
+    >>> trainer.step(2)
+    >>> new = net.weight.data().asnumpy()
+    >>> bool((new[:8] == old[:8]).all()), bool((new[9] != old[9]).all())
+    (True, True)
+    """
+
+    _BASE_INSTANCE_KWARGS = ('sym', 'param_idx2name', 'param_dict', 'rescale_grad')
+
+    def __init__(self, base='sgd', masks=None, **kwargs):  # pylint: disable=super-init-not-called
+        # Optimizer.__init__ is deliberately not called: every setting it would create lives in
+        # the wrapped optimizer and is reached through the forwarding properties.
+        if isinstance(base, mx_opt.Optimizer):
+            if isinstance(base, Masked):
+                raise TypeError("base must be an optimizer other than 'masked'; received a "
+                                "Masked optimizer. Pass its .base instead.")
+            extra = sorted(set(kwargs) - set(self._BASE_INSTANCE_KWARGS))
+            if extra:
+                raise TypeError('base is an optimizer instance, so hyper-parameters belong to '
+                                'its constructor; received %s here. Pass them when creating '
+                                'the base optimizer, or pass base by name.' % extra)
+            self.base = base
+            if kwargs.get('sym') is not None:
+                sym = kwargs['sym']
+                base.sym_info = (sym.attr_dict(), sym.list_arguments())
+            if kwargs.get('param_idx2name'):
+                base.idx2name = dict(kwargs['param_idx2name'])
+            if kwargs.get('param_dict'):
+                base.param_dict = kwargs['param_dict']
+            if 'rescale_grad' in kwargs:
+                base.rescale_grad = kwargs['rescale_grad']
+        elif isinstance(base, str):
+            if base.lower() == 'masked':
+                raise ValueError("base must name an optimizer other than 'masked', e.g. "
+                                 "'sgd' or 'adam'")
+            if base.lower() not in mx_opt.Optimizer.opt_registry:
+                raise ValueError("unknown base optimizer %r; expected one of the registered "
+                                 "names %s" % (base, sorted(
+                                     n for n in mx_opt.Optimizer.opt_registry if n != 'masked')))
+            self.base = mx_opt.create(base, **kwargs)
+        else:
+            raise TypeError("base must be an optimizer name such as 'adam' or an "
+                            "mxnet.optimizer.Optimizer instance, received %s"
+                            % type(base).__name__)
+        self.masks = {}
+        for key, value in (masks or {}).items():
+            name = _key_name(key)
+            self.masks[name] = as_mask(value, name=repr(name))
+        self._index_names = {}   # index -> parameter name; pickled (servers have no names)
+        self._plans = {}         # (index, context) -> BlockPlan or None; never pickled
+        self._remember_names()
+        self._check_fractional_multi_precision()
+
+    @property
+    def idx2name(self):
+        """Module's index -> name map, kept in the wrapped optimizer."""
+        return self.base.idx2name
+
+    @idx2name.setter
+    def idx2name(self, value):
+        self.base.idx2name = value
+        self._remember_names()
+
+    @property
+    def param_dict(self):
+        """Gluon's index -> Parameter map, kept in the wrapped optimizer."""
+        return self.base.param_dict
+
+    @param_dict.setter
+    def param_dict(self, value):
+        self.base.param_dict = value
+        self._remember_names()
+
+    def __getattr__(self, name):
+        # Reads of hyper-parameters the wrapper does not define (momentum, beta1, ...) go to
+        # the wrapped optimizer. Only called when normal lookup fails.
+        if name.startswith('__') or 'base' not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def _set_current_context(self, device_id):
+        self.base._set_current_context(device_id)
+
+    def set_learning_rate(self, lr):
+        self.base.set_learning_rate(lr)
+
+    def set_lr_mult(self, args_lr_mult):
+        self.base.set_lr_mult(args_lr_mult)
+
+    def set_wd_mult(self, args_wd_mult):
+        self.base.set_wd_mult(args_wd_mult)
+
+    # ---- names ----
+    def _remember_names(self):
+        """Record index -> name from idx2name and param_dict, and check every mask key."""
+        self._index_names.update(self.base.idx2name)
+        self._index_names.update({i: p.name for i, p in self.base.param_dict.items()})
+        if self._index_names:
+            self._check_keys(set(self._index_names.values()))
+
+    def _check_keys(self, known):
+        for key in self.masks:
+            if key not in known and not any(fnmatch.fnmatchcase(n, key) for n in known):
+                raise ValueError('mask key %r matches no parameter; known parameter names '
+                                 'are %s' % (key, sorted(known)))
+
+    def _mask_name_for(self, name):
+        """The key of the mask for parameter ``name``: exact name first, then one glob."""
+        if name in self.masks:
+            return name
+        matches = [k for k in self.masks if fnmatch.fnmatchcase(name, k)]
+        if len(matches) > 1:
+            raise ValueError('parameter %r matches several mask patterns %s; expected at most '
+                             'one. Key it by its exact name to choose.' % (name, matches))
+        return matches[0] if matches else None
+
+    def _check_fractional_multi_precision(self):
+        if not self.base.multi_precision or _master_position(self.base) is not None:
+            return
+        for key, mask in self.masks.items():
+            if any(type(s).__name__ == '_Scales' for s in mask.rows + mask.cols):
+                raise TypeError('mask %r has fractional scales and %s uses multi_precision '
+                                'with a state layout masked_opt does not know, so the float32 '
+                                'master copy cannot be scaled. Use 0/1 masks or '
+                                'multi_precision=False.' % (key, type(self.base).__name__))
+
+    # ---- plans: the mask materialised for one parameter on one context ----
+    def _plan(self, index, weight):
+        key = (index, weight.context)
+        if key in self._plans:
+            return self._plans[key]
+        if not self.masks:
+            plan = None
+        else:
+            name = self._index_names.get(index)
+            if name is None:
+                raise ValueError('the masked optimizer cannot name parameter index %r: it has '
+                                 'no idx2name or param_dict entry for it. Use it through '
+                                 'Module or gluon.Trainer, or pass param_idx2name={index: '
+                                 'name}.' % (index,))
+            mask_key = self._mask_name_for(name)
+            plan = None
+            if mask_key is not None:
+                plan = self._build_plan(name, weight, self.masks[mask_key])
+        self._plans[key] = plan
+        return plan
+
+    def _build_plan(self, name, weight, mask):
+        if not np.issubdtype(np.dtype(weight.dtype), np.floating):
+            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
+                            "(float16, float32 or float64)" % (name, np.dtype(weight.dtype)))
+        if weight.stype != 'default':
+            raise TypeError("parameter %r has storage type %r; this version of masked_opt "
+                            "updates dense weights only" % (name, weight.stype))
+        rows, cols = mask.resolve(weight.shape, name)
+        if rows is None and cols is None:
+            return None  # the mask trains everything: the wrapped optimizer alone
+        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
+
+    # ---- states ----
+    def create_state(self, index, weight):
+        plan = self._plan(index, weight)
+        if plan is None:
+            return self.base.create_state(index, weight)
+        return self.base.create_state(index, plan.gather(weight))
+
+    def create_state_multi_precision(self, index, weight):
+        plan = self._plan(index, weight)
+        if plan is None:
+            return self.base.create_state_multi_precision(index, weight)
+        return self.base.create_state_multi_precision(index, plan.gather(weight))
+
+    # ---- updates ----
+    def update(self, index, weight, grad, state):
+        self._dispatch(index, weight, grad, state, multi_precision=False)
+
+    def update_multi_precision(self, index, weight, grad, state):
+        self._dispatch(index, weight, grad, state, multi_precision=True)
+
+    def _dispatch(self, index, weight, grad, state, multi_precision):
+        inner = self.base.update_multi_precision if multi_precision else self.base.update
+        if not isinstance(index, (list, tuple)):
+            plan = self._plan(index, weight)
+            if plan is None:
+                inner(index, weight, grad, state)
+            else:
+                self._update_block(plan, index, weight, grad, state, multi_precision)
+            return
+        # Aggregated call (aggregate_num > 0): unmasked parameters keep the wrapped
+        # optimizer's multi-tensor call; masked ones are updated one by one.
+        plans = [self._plan(i, w) for i, w in zip(index, weight)]
+        plain = [k for k, p in enumerate(plans) if p is None]
+        if plain:
+            inner([index[k] for k in plain], [weight[k] for k in plain],
+                  [grad[k] for k in plain], [state[k] for k in plain])
+        for k, plan in enumerate(plans):
+            if plan is not None:
+                self._update_block(plan, index[k], weight[k], grad[k], state[k],
+                                   multi_precision)
+
+    def _update_block(self, plan, index, weight, grad, state, multi_precision):
+        if plan.empty:
+            # Nothing trains; still count the step so lr schedules advance as for others.
+            self.base._update_count(index)
+            return
+        w_block = plan.gather(weight)
+        g_block = plan.gather(grad)
+        full_state = _is_full_size(state, weight.shape, plan.block_shape)
+        s_block = _map_state(plan.gather, state) if full_state else state
+        if plan.fractional:
+            w_old = w_block.copy()
+            master = _master_copy(self.base, s_block, w_block, multi_precision)
+            m_old = master.copy() if master is not None else None
+        if multi_precision:
+            self.base.update_multi_precision(index, w_block, g_block, s_block)
+        else:
+            self.base.update(index, w_block, g_block, s_block)
+        if plan.fractional:
+            plan.blend(w_block, w_old)
+            if master is not None:
+                plan.blend(master, m_old)
+        plan.scatter(w_block, weight)
+        if full_state:
+            _zip_state(plan.scatter, s_block, state)
+
+    # ---- pickling (kvstore servers, Trainer.save_states) ----
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state['_plans'] = {}  # device arrays are rebuilt on whichever process unpickles
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+# Settings that Module, Trainer and the LR schedule set on "the optimizer" reach the wrapped one.
+for _name in _FORWARDED:
+    setattr(Masked, _name, _forward(_name))
+del _name
+
+
+def _key_name(key):
+    if isinstance(key, str):
+        return key
+    if hasattr(key, 'name') and hasattr(key, 'grad_req'):  # a gluon.Parameter
+        return key.name
+    raise TypeError('mask keys must be parameter names, glob patterns or gluon Parameters; '
+                    'received %s %r' % (type(key).__name__, key))
+
+
+def _master_position(base):
+    if isinstance(base, _MASTER_LAST):
+        return 1
+    if type(base).create_state_multi_precision is mx_opt.Optimizer.create_state_multi_precision:
+        return 0
+    return None
+
+
+def _master_copy(base, state, weight, multi_precision):
+    """The float32 master copy inside a multi_precision state, or None when not in use."""
+    if not (multi_precision and base.multi_precision and weight.dtype == np.float16):
+        return None
+    return state[_master_position(base)]
+
+
+def _is_full_size(state, full_shape, block_shape):
+    """True when ``state`` was made for the whole weight (e.g. warmed up without a mask).
+
+    Such a state is updated through its block: gathered, updated, scattered back, so that
+    its frozen entries stay as they were.
+    """
+    if tuple(full_shape) == tuple(block_shape):
+        return False
+    arrays = []
+    _map_state(arrays.append, state)
+    return any(a.shape == tuple(full_shape) for a in arrays)
+
+
+def _map_state(fn, state):
+    """Apply ``fn`` to every NDArray in a (possibly nested) optimizer state."""
+    if isinstance(state, NDArray):
+        return fn(state)
+    if isinstance(state, (list, tuple)):
+        return type(state)(_map_state(fn, s) for s in state)
+    return state
+
+
+def _zip_state(fn, blocks, fulls):
+    """Call ``fn(block, full)`` for matching NDArrays of two states of the same structure."""
+    if isinstance(fulls, NDArray):
+        fn(blocks, fulls)
+    elif isinstance(fulls, (list, tuple)):
+        for b, f in zip(blocks, fulls):
+            _zip_state(fn, b, f)

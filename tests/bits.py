@@ -1,0 +1,23 @@
+"""Bit-level comparison: frozen means the same bits, not 'close'."""
+import numpy as np
+
+_INT_OF = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def as_bits(a):
+    """View an NDArray or numpy float array as unsigned integers of the same width."""
+    a = a.asnumpy() if hasattr(a, 'asnumpy') else np.asarray(a)
+    a = np.ascontiguousarray(a)
+    return a.view(_INT_OF[a.dtype.itemsize])
+
+
+def changed_bits(before, after):
+    """Number of entries whose bits differ (NaN == NaN only when the bits are equal)."""
+    return int(np.count_nonzero(as_bits(before) != as_bits(after)))
+
+
+def assert_same_bits(before, after, what='array'):
+    b, a = as_bits(before), as_bits(after)
+    assert b.shape == a.shape, '%s: shape %s became %s' % (what, b.shape, a.shape)
+    diff = np.count_nonzero(b != a)
+    assert diff == 0, '%s: %d of %d entries changed bits' % (what, diff, b.size)

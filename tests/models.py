@@ -1,0 +1,67 @@
+"""The forum's matrix-factorisation model and the two workarounds it was given (the oracles)."""
+import mxnet as mx
+import numpy as np
+
+
+def forum_mf(n_users, n_items, latent_dim=8, sparse_grad=False):
+    """The model from the forum thread, unchanged (optionally with row_sparse gradients)."""
+    y_true = mx.symbol.Variable('label')
+    user = mx.symbol.Variable('member')
+    user = mx.symbol.Embedding(name='member_embedding', data=user, input_dim=n_users,
+                               output_dim=latent_dim, sparse_grad=sparse_grad)
+    book = mx.symbol.Variable('book')
+    book = mx.symbol.Embedding(name='book_embedding', data=book, input_dim=n_items,
+                               output_dim=latent_dim, sparse_grad=sparse_grad)
+    dot = user * book
+    dot = mx.symbol.sum_axis(dot, axis=1)
+    dot = mx.symbol.Flatten(dot)
+    dot = 1 - dot
+    return mx.symbol.LinearRegressionOutput(data=dot, label=y_true)
+
+
+def split_embedding_mf(n_users, n_items, latent_dim=8, n_train_cols=1):
+    """Workaround (A): member embedding split into frozen (d-k) and trainable (k) columns."""
+    y_true = mx.symbol.Variable('label')
+    user_in = mx.symbol.Variable('member')
+    user1 = mx.symbol.Embedding(name='member_embedding1', data=user_in, input_dim=n_users,
+                                output_dim=latent_dim - n_train_cols)
+    user2 = mx.symbol.Embedding(name='member_embedding2', data=user_in, input_dim=n_users,
+                                output_dim=n_train_cols)
+    user = mx.symbol.concat(user1, user2, dim=1)
+    book = mx.symbol.Variable('book')
+    book = mx.symbol.Embedding(name='book_embedding', data=book, input_dim=n_items,
+                               output_dim=latent_dim)
+    dot = mx.symbol.sum_axis(user * book, axis=1)
+    dot = 1 - mx.symbol.Flatten(dot)
+    return mx.symbol.LinearRegressionOutput(data=dot, label=y_true)
+
+
+def one_hot_mf(n_users, n_items, n_old_items, latent_dim=8):
+    """Workaround (B): book lookup as one_hot -> slice_axis -> FullyConnected, old | new rows."""
+    y_true = mx.symbol.Variable('label')
+    user = mx.symbol.Variable('member')
+    user = mx.symbol.Embedding(name='member_embedding', data=user, input_dim=n_users,
+                               output_dim=latent_dim)
+    book = mx.symbol.Variable('book')
+    onehot = mx.symbol.one_hot(book, depth=n_items)
+    old = mx.symbol.slice_axis(onehot, axis=-1, begin=0, end=n_old_items)
+    new = mx.symbol.slice_axis(onehot, axis=-1, begin=n_old_items, end=n_items)
+    book = (mx.symbol.FullyConnected(old, num_hidden=latent_dim, no_bias=True, name='book_old')
+            + mx.symbol.FullyConnected(new, num_hidden=latent_dim, no_bias=True,
+                                       name='book_new'))
+    dot = mx.symbol.sum_axis(user * book, axis=1)
+    dot = 1 - mx.symbol.Flatten(dot)
+    return mx.symbol.LinearRegressionOutput(data=dot, label=y_true)
+
+
+def ratings(n_users, n_items, n, seed=0):
+    """Synthetic (member, book, label) arrays."""
+    rng = np.random.RandomState(seed)
+    return (rng.randint(0, n_users, n).astype(np.float32),
+            rng.randint(0, n_items, n).astype(np.float32),
+            rng.rand(n).astype(np.float32))
+
+
+def mf_iter(member, book, label, batch_size):
+    return mx.io.NDArrayIter({'member': member, 'book': book}, {'label': label},
+                             batch_size=batch_size, shuffle=False)
