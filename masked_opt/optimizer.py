@@ -217,7 +217,9 @@ class Masked(mx_opt.Optimizer):
         if not self.masks:
             plan = None
         else:
-            name = self._index_names.get(index)
+            # A kvstore keyed by strings (Module with kvstore 'local'/'device' and
+            # update_on_kvstore) calls the updater with the parameter name itself.
+            name = index if isinstance(index, str) else self._index_names.get(index)
             if name is None:
                 raise ValueError('the masked optimizer cannot name parameter index %r: it has '
                                  'no idx2name or param_dict entry for it. Use it through '
