@@ -65,3 +65,21 @@ def ratings(n_users, n_items, n, seed=0):
 def mf_iter(member, book, label, batch_size):
     return mx.io.NDArrayIter({'member': member, 'book': book}, {'label': label},
                              batch_size=batch_size, shuffle=False)
+
+
+class GluonMF(mx.gluon.HybridBlock):
+    """The forum's model as a Gluon block; parameters ``<prefix>user_weight``, ``<prefix>book_weight``.
+
+    ``forward(member, book)`` returns ``1 - sum(user * book, axis=1)`` like :func:`forum_mf`.
+    """
+
+    def __init__(self, n_users, n_items, latent_dim=8, prefix='mf_', sparse_grad=False):
+        super().__init__(prefix=prefix)
+        with self.name_scope():
+            self.user = mx.gluon.nn.Embedding(n_users, latent_dim, prefix='user_',
+                                              sparse_grad=sparse_grad)
+            self.book = mx.gluon.nn.Embedding(n_items, latent_dim, prefix='book_',
+                                              sparse_grad=sparse_grad)
+
+    def hybrid_forward(self, F, member, book):
+        return 1 - F.sum(self.user(member) * self.book(book), axis=1)
