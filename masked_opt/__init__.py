@@ -10,6 +10,8 @@ Examples
 >>> opt.learning_rate
 0.1
 """
+from .grow import (DEFAULT_INIT, INIT_METHODS, VocabGrowth, grow_embedding, grow_params,
+                   grow_table, grow_vocab, init_rows, row_stats)
 from .masks import (Mask, as_mask, freeze_cols, freeze_rows, scale_cols, scale_rows,
                     train_cols, train_rows, train_rows_from)
 from .optimizer import Masked
@@ -17,4 +19,6 @@ from .optimizer import Masked
 __version__ = '0.1.0'
 
 __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze_rows',
-           'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols']
+           'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',
+           'grow_table', 'grow_params', 'grow_embedding', 'grow_vocab', 'init_rows', 'row_stats',
+           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT']
