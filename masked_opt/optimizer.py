@@ -23,7 +23,7 @@ from mxnet import optimizer as mx_opt
 from mxnet.ndarray import NDArray
 
 from .masks import as_mask
-from .update import BlockPlan
+from .update import BlockPlan, SparseStep
 
 __all__ = ['Masked']
 
@@ -236,9 +236,6 @@ class Masked(mx_opt.Optimizer):
         if not np.issubdtype(np.dtype(weight.dtype), np.floating):
             raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
                             "(float16, float32 or float64)" % (name, np.dtype(weight.dtype)))
-        if weight.stype != 'default':
-            raise TypeError("parameter %r has storage type %r; this version of masked_opt "
-                            "updates dense weights only" % (name, weight.stype))
         rows, cols = mask.resolve(weight.shape, name)
         if rows is None and cols is None:
             return None  # the mask trains everything: the wrapped optimizer alone
@@ -290,11 +287,23 @@ class Masked(mx_opt.Optimizer):
             # Nothing trains; still count the step so lr schedules advance as for others.
             self.base._update_count(index)
             return
-        w_block = plan.gather(weight)
-        g_block = plan.gather(grad)
-        full_state = _is_full_size(state, weight.shape, plan.block_shape)
-        s_block = _map_state(plan.gather, state) if full_state else state
-        if plan.fractional:
+        # `sel` says which entries this step reads and writes: the whole block for a dense
+        # gradient, the block's rows present in a row_sparse gradient otherwise (lazy).
+        if grad.stype == 'row_sparse':
+            sel = SparseStep(plan, grad, lazy=getattr(self.base, 'lazy_update', True))
+            if sel.empty:
+                self.base._update_count(index)
+                return
+        else:
+            sel = plan
+        w_block = sel.gather(weight)
+        g_block = sel.gather_grad(grad)
+        if _is_full_size(state, weight.shape, plan.block_shape):
+            view, store = sel.gather, sel.scatter      # state made for the whole weight
+        else:
+            view, store = sel.state_view, sel.state_store
+        s_block = _map_state(view, state)
+        if sel.fractional:
             w_old = w_block.copy()
             master = _master_copy(self.base, s_block, w_block, multi_precision)
             m_old = master.copy() if master is not None else None
@@ -302,13 +311,12 @@ class Masked(mx_opt.Optimizer):
             self.base.update_multi_precision(index, w_block, g_block, s_block)
         else:
             self.base.update(index, w_block, g_block, s_block)
-        if plan.fractional:
-            plan.blend(w_block, w_old)
+        if sel.fractional:
+            sel.blend(w_block, w_old)
             if master is not None:
-                plan.blend(master, m_old)
-        plan.scatter(w_block, weight)
-        if full_state:
-            _zip_state(plan.scatter, s_block, state)
+                sel.blend(master, m_old)
+        sel.scatter(w_block, weight)
+        _zip_state(store, s_block, state)
 
     # ---- pickling (kvstore servers, Trainer.save_states) ----
     def __getstate__(self):

@@ -50,12 +50,17 @@ class BlockPlan:
         row_ids = np.arange(n_rows) if rows is None else np.flatnonzero(rows)
         self.row_ids = row_ids
         self.all_rows = row_ids.size == n_rows
+        # Host-side row -> block position (-1: frozen), used to pick the trainable rows of a
+        # row_sparse gradient (see SparseStep).
+        self.block_position = np.full(n_rows, -1, dtype=np.int64)
+        self.block_position[row_ids] = np.arange(row_ids.size)
         if cols is None:
             col_ids = None if len(self.shape) < 2 else np.arange(self.shape[1])
             self.all_cols = True
         else:
             col_ids = np.flatnonzero(cols)
             self.all_cols = col_ids.size == self.shape[1]
+        self.col_ids = col_ids
         self.block_shape = (row_ids.size,) + (
             self.shape[1:] if col_ids is None else (col_ids.size,) + self.shape[2:])
         self.empty = 0 in self.block_shape
@@ -64,6 +69,7 @@ class BlockPlan:
         def upload(a):
             return nd.array(a, ctx=ctx, dtype='int32')
 
+        self._rows64 = nd.array(row_ids, ctx=ctx, dtype='int64')  # for sparse.retain
         self._take_rows = None if self.all_rows else upload(row_ids)
         self._take_cols = None if self.all_cols else upload(col_ids)
         if self.all_cols:
@@ -89,17 +95,40 @@ class BlockPlan:
 
     def gather(self, full):
         """Return the block of ``full`` (an array of the weight's shape), as a new array."""
+        if full.stype == 'row_sparse':
+            # take() on a row_sparse array densifies the whole table; retain reads rows only.
+            return self.take_cols(nd.sparse.retain(full, self._rows64).data)
         block = full
         if self._take_rows is not None:
             block = nd.take(block, self._take_rows, axis=0, mode='clip')
-        if self._take_cols is not None:
-            block = nd.take(block, self._take_cols, axis=1, mode='clip')
+        block = self.take_cols(block)
         if block is full:
             block = full.copy()
         return block
 
+    def take_cols(self, rows):
+        """Keep the trainable columns of an array of whole rows."""
+        if self._take_cols is None:
+            return rows
+        return nd.take(rows, self._take_cols, axis=1, mode='clip')
+
+    # The dense path updates the block state in place, so it needs no view or write-back.
+    def gather_grad(self, grad):
+        """The gradient's block."""
+        return self.gather(grad)
+
+    def state_view(self, block_state):
+        """The part of a block-shaped state this step updates: all of it, in place."""
+        return block_state
+
+    def state_store(self, view, block_state):
+        """Nothing to write back: the wrapped optimizer updated the block state in place."""
+
     def scatter(self, block, full):
         """Write ``block`` back into its entries of ``full``, in place; other entries untouched."""
+        if full.stype == 'row_sparse':
+            _set_rows(full, self._rows64, self._full_rows(full, self._rows64, block))
+            return
         if self.whole:
             block.copyto(full)
             return
@@ -114,6 +143,131 @@ class BlockPlan:
         Computes ``new - (1 - s) * (new - old)`` in place in ``new``; entries with ``s == 1``
         keep the wrapped optimizer's result bit-for-bit.
         """
+        if self._keep is None:
+            return new
+        new -= nd.broadcast_mul(new - old, self._keep[np.dtype(new.dtype)])
+        return new
+
+    def _full_rows(self, full, rows64, block_rows):
+        """Whole rows of ``full`` at ``rows64`` with the trainable columns replaced."""
+        if self._take_cols is None:
+            return block_rows
+        whole = nd.sparse.retain(full, rows64).data
+        k = block_rows.shape[0]
+        index = nd.stack(nd.repeat(nd.arange(k, ctx=self.ctx, dtype='int32'), self.col_ids.size),
+                         nd.tile(self._take_cols, k))
+        nd._internal._scatter_set_nd(lhs=whole, rhs=block_rows.reshape(
+            (-1,) + self.shape[2:]), indices=index, shape=whole.shape, out=whole)
+        return whole
+
+
+def _set_rows(weight, rows64, values):
+    """``weight[rows] = values`` for a row_sparse weight, in place and exactly.
+
+    MXNet has no scatter into a row_sparse array; its lazy ``sgd_update`` is the one kernel
+    that writes chosen rows of one in place. With ``lr=1, wd=1, rescale_grad=-1`` it computes
+    ``(1 - 1*1) * w - 1 * (-1 * v) == v`` for each row of the carrier ``v`` and touches no
+    other row. (Building the carrier uploads synchronously; see SparseStep.)
+    """
+    carrier = nd.sparse.row_sparse_array((values, rows64), shape=weight.shape, ctx=weight.context)
+    nd.sgd_update(weight, carrier, lr=1.0, wd=1.0, rescale_grad=-1.0, lazy_update=True,
+                  out=weight)
+
+
+class SparseStep:
+    """The trainable rows one row_sparse gradient touches, for one update.
+
+    Lazy semantics (the default, like MXNet's ``lazy_update=True``): only rows that are in the
+    gradient *and* trainable are read, updated and written; the work is O(rows in batch x D).
+    With ``lazy=False`` every trainable row is updated, absent rows with a zero gradient
+    (MXNet's standard update restricted to the block).
+
+    Host round trip, by necessity: MXNet 1.9.1 has no operator that reads a row_sparse
+    array's row ids or builds one from device arrays without a host sync (``.indices``,
+    ``.data`` and ``row_sparse_array`` all wait), and the ids decide the shape of the rows to
+    update. So this step reads the gradient's ids once (``grad.indices.asnumpy()``), selects
+    the trainable ones with a host-side table, and uploads the selection; everything else
+    runs on the weight's device. On GPU the ``Embedding(sparse_grad=True)`` backward that
+    produced the gradient has already synchronised twice (``../shared/gpu_ops.md``).
+
+    Parameters
+    ----------
+    plan : BlockPlan
+        The parameter's plan on this context.
+    grad : RowSparseNDArray
+        The gradient, with sorted unique row ids (as MXNet produces them).
+    lazy : bool
+        Update only rows present in ``grad`` (True) or every trainable row (False).
+    """
+
+    def __init__(self, plan, grad, lazy):
+        self.plan = plan
+        ctx = plan.ctx
+        if lazy:
+            ids = grad.indices.asnumpy()
+            pos = plan.block_position[ids]
+            keep = np.flatnonzero(pos >= 0)
+            rows, self._pos_np = ids[keep], pos[keep]
+        else:
+            rows, self._pos_np = plan.row_ids, np.arange(plan.row_ids.size)
+        self.empty = rows.size == 0
+        if self.empty:
+            return
+        if lazy:
+            g_rows = nd.take(grad.data, nd.array(keep, ctx=ctx, dtype='int32'), axis=0)
+        else:
+            g_rows = nd.sparse.retain(grad, plan._rows64).data
+        self._rows64 = nd.array(rows, ctx=ctx, dtype='int64')
+        self._rows32 = nd.array(rows, ctx=ctx, dtype='int32')
+        self._pos = nd.array(self._pos_np, ctx=ctx, dtype='int32')
+        self._grad = plan.take_cols(g_rows)
+        cols = plan.col_ids
+        if plan.all_cols:
+            self._scatter_index = self._rows32.reshape((1, -1))
+        else:
+            self._scatter_index = nd.array(np.stack([np.repeat(rows, cols.size),
+                                                     np.tile(cols, rows.size)]),
+                                           ctx=ctx, dtype='int32')
+        self._keep = None
+        if plan.fractional:
+            self._keep = {t: nd.take(k, self._pos, axis=0) for t, k in plan._keep.items()}
+
+    def gather(self, full):
+        """The selected rows (trainable columns only) of a weight-shaped array."""
+        if full.stype == 'row_sparse':
+            return self.plan.take_cols(nd.sparse.retain(full, self._rows64).data)
+        return self.plan.take_cols(nd.take(full, self._rows32, axis=0, mode='clip'))
+
+    def gather_grad(self, grad):
+        """The gradient's selected rows, dense."""
+        return self._grad
+
+    def scatter(self, rows, full):
+        """Write the selected rows back into a weight-shaped array; nothing else changes."""
+        if full.stype == 'row_sparse':
+            _set_rows(full, self._rows64, self.plan._full_rows(full, self._rows64, rows))
+            return
+        n = self._scatter_index.shape[1]
+        nd._internal._scatter_set_nd(lhs=full, rhs=rows.reshape((n,) + self.plan.shape[
+            (1 if self.plan.all_cols else 2):]), indices=self._scatter_index,
+            shape=full.shape, out=full)
+
+    def state_view(self, block_state):
+        """The selected rows of a block-shaped state."""
+        return nd.take(block_state, self._pos, axis=0, mode='clip')
+
+    def state_store(self, view, block_state):
+        """Write updated state rows back into the block-shaped state."""
+        nd._internal._scatter_set_nd(lhs=block_state, rhs=view,
+                                     indices=self._pos.reshape((1, -1)),
+                                     shape=block_state.shape, out=block_state)
+
+    @property
+    def fractional(self):
+        return self._keep is not None
+
+    def blend(self, new, old):
+        """As :meth:`BlockPlan.blend`, for the selected rows."""
         if self._keep is None:
             return new
         new -= nd.broadcast_mul(new - old, self._keep[np.dtype(new.dtype)])
