@@ -243,16 +243,19 @@ class Masked(mx_opt.Optimizer):
 
     # ---- states ----
     def create_state(self, index, weight):
-        plan = self._plan(index, weight)
-        if plan is None:
-            return self.base.create_state(index, weight)
-        return self.base.create_state(index, plan.gather(weight))
+        return self._create_state(self.base.create_state, index, weight)
 
     def create_state_multi_precision(self, index, weight):
+        return self._create_state(self.base.create_state_multi_precision, index, weight)
+
+    def _create_state(self, create, index, weight):
+        """The wrapped optimizer's state for the trainable block only (C6)."""
         plan = self._plan(index, weight)
         if plan is None:
-            return self.base.create_state_multi_precision(index, weight)
-        return self.base.create_state_multi_precision(index, plan.gather(weight))
+            return create(index, weight)
+        if plan.empty:
+            return None  # a fully frozen parameter needs no state
+        return create(index, plan.gather(weight))
 
     # ---- updates ----
     def update(self, index, weight, grad, state):
