@@ -3,4 +3,6 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+# Guarded so that importing this module (pytest --doctest-modules does) does not run the CLI.
+if __name__ == '__main__':
+    sys.exit(main())
