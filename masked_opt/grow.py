@@ -243,12 +243,14 @@ def row_stats(table, *, what='cov', chunk_rows=_CHUNK_ROWS, name='table'):
 def _psd_sqrt_factor(cov):
     """``F`` with ``F @ F.T == cov`` for a symmetric PSD (possibly singular) ``cov``.
 
-    Cholesky fails on a singular covariance; the eigendecomposition does not. Round-off can
-    leave eigenvalues like -1e-17 on a rank-deficient matrix: they are zero variance, so they
-    are clipped to 0 (the samples then have no component along those directions).
+    Cholesky fails on a singular covariance; the eigendecomposition does not. Round-off
+    leaves eigenvalues like +-1e-17 * max on a rank-deficient matrix, and their square roots
+    (~3e-9) would leak samples out of the old rows' subspace: eigenvalues below
+    ``1e6 * eps * max`` count as 0, the cut-off ``scipy.stats.multivariate_normal`` uses.
     """
     eigval, eigvec = scipy.linalg.eigh(cov)
-    return eigvec * np.sqrt(np.clip(eigval, 0.0, None))
+    cutoff = 1e6 * np.finfo(np.float64).eps * max(float(eigval.max()), 0.0)
+    return eigvec * np.sqrt(np.where(eigval > cutoff, eigval, 0.0))
 
 
 def _take_rows(table, kind, rows):
