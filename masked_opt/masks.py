@@ -382,10 +382,14 @@ def as_mask(value, name='mask'):
             raise ValueError("mask for %s: expected keys 'rows' and/or 'cols', received "
                              "unknown keys %s" % (name, sorted(unknown)))
         mask = Mask()
-        if value.get('rows') is not None:
-            mask = mask & scale_rows(value['rows'])
-        if value.get('cols') is not None:
-            mask = mask & scale_cols(value['cols'])
+        try:
+            if value.get('rows') is not None:
+                mask = mask & scale_rows(value['rows'])
+            if value.get('cols') is not None:
+                mask = mask & scale_cols(value['cols'])
+        except (TypeError, ValueError) as err:
+            # scale_rows/scale_cols do not know the parameter; a config entry does: name it.
+            raise type(err)('mask for %s: %s' % (name, err)) from None
         return mask
     raise TypeError("mask for %s: expected a masked_opt.Mask (e.g. mo.train_rows_from(n_old)) "
                     "or a dict {'rows': ..., 'cols': ...}, received %s"
