@@ -59,7 +59,9 @@ from .masks import train_rows_from
 __all__ = ['INIT_METHODS', 'DEFAULT_INIT', 'row_stats', 'init_rows', 'grow_table',
            'grow_params', 'grow_embedding', 'grow_vocab', 'VocabGrowth']
 
+#: The names accepted by ``init`` (besides a callable).
 INIT_METHODS = ('mean_cov', 'normal_like', 'mean', 'zeros', 'copy')
+#: The default ``init``: new rows drawn from the old rows' mean and covariance.
 DEFAULT_INIT = 'mean_cov'
 
 # Rows read to the host at once when streaming statistics: 65536 x 64 float64 = 32 MB.
