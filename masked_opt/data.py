@@ -1,0 +1,352 @@
+"""Ratings for the demo: synthetic low-rank ratings, and a MovieLens-format loader.
+
+Both produce a :class:`Split`: users and items numbered as table rows, old ones first
+(``0 .. n_old - 1``) and new ones after them, and four sets of ratings:
+
+- ``old_train``: old user x old item, what the first model is trained on;
+- ``old_test``: old user x old item, held out (to check old predictions do not change);
+- ``new_train`` / ``new_test``: every rating that involves a new user or a new item, split at
+  random (80/20 by default): what the new rows are trained and judged on.
+
+Labels follow the forum's model, which predicts ``1 - <user, item>``: synthetic labels are
+``1 - <u, v> + noise``; MovieLens ratings ``r`` become ``r - mean + 1`` (``mean`` of the old
+training ratings), a shift, so an RMSE on labels is an RMSE in rating units.
+"""
+import collections
+import math
+
+import numpy as np
+
+from .grow import grow_vocab
+
+__all__ = ['DataError', 'Ratings', 'Split', 'RawRatings', 'synthetic_split', 'load_ratings',
+           'time_split', 'random_split', 'DEFAULT_CUTOFF', 'MIN_RATINGS']
+
+DEFAULT_CUTOFF = 0.8
+"""Default time cut-off: the 0.8 quantile of timestamps (the latest 20% of ratings are new)."""
+
+MIN_RATINGS = 20
+"""Fewest ratings a file must hold, and fewest old training ratings a cut-off may leave."""
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message says where and what was expected."""
+
+
+Ratings = collections.namedtuple('Ratings', 'user item label')
+Ratings.__doc__ = 'Rated pairs: int64 user rows, int64 item rows, float32 labels.'
+
+RawRatings = collections.namedtuple('RawRatings', 'user item rating timestamp')
+RawRatings.__doc__ = 'Ratings as read from a file: raw integer ids, float ratings, timestamps.'
+
+_Split = collections.namedtuple('Split', 'n_old_users n_new_users n_old_items n_new_items '
+                                'old_train old_test new_train new_test source noise')
+
+
+class Split(_Split):
+    """Users, items and ratings of the demo, old rows first (see the module documentation).
+
+    ``noise`` is the label noise standard deviation of synthetic data (the best RMSE any
+    model can reach), None for real data.
+    """
+
+    @property
+    def n_users(self):
+        """Rows of the grown user table."""
+        return self.n_old_users + self.n_new_users
+
+    @property
+    def n_items(self):
+        """Rows of the grown item table."""
+        return self.n_old_items + self.n_new_items
+
+    def sizes(self):
+        """Counts for the report."""
+        return {'old_users': self.n_old_users, 'new_users': self.n_new_users,
+                'old_items': self.n_old_items, 'new_items': self.n_new_items,
+                'old_train': len(self.old_train.label), 'old_test': len(self.old_test.label),
+                'new_train': len(self.new_train.label), 'new_test': len(self.new_test.label)}
+
+
+def _ratings(user, item, label):
+    return Ratings(np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64),
+                   np.asarray(label, dtype=np.float32))
+
+
+def _subset(r, keep):
+    return Ratings(r.user[keep], r.item[keep], r.label[keep])
+
+
+def _random_holdout(n, fraction, rng):
+    """Boolean mask of ``round(n * fraction)`` held-out positions (at least 1 when n > 1)."""
+    k = int(round(n * fraction))
+    k = min(max(k, 1 if n > 1 else 0), n - 1 if n > 1 else n)
+    test = np.zeros(n, dtype=bool)
+    test[rng.permutation(n)[:k]] = True
+    return test
+
+
+# ---------------------------------------------------------------------------- synthetic
+def synthetic_split(n_old_users=600, n_old_items=400, n_new_users=120, n_new_items=80, *,
+                    per_user=40, per_new_item=15, rank=8, noise=0.1, test_fraction=0.2,
+                    seed=0):
+    """Ratings from hidden low-rank user and item factors, with new users and items.
+
+    Hidden factors are standard normal; latent dimension ``k`` is weighted by ``0.75 ** k``
+    (normalised so that ``<u, v>`` has unit variance), so later dimensions carry less signal,
+    as in a trained model. Label = ``1 - <u, v> + noise``.
+
+    Parameters
+    ----------
+    n_old_users, n_old_items, n_new_users, n_new_items : int
+        Table sizes before and after growing.
+    per_user : int
+        Items each user rates (old users rate old items; new users rate any item).
+    per_new_item : int
+        Extra ratings of each new item by random old users.
+    rank : int
+        Rank of the hidden factors.
+    noise : float
+        Standard deviation of the label noise.
+    test_fraction : float
+        Share of held-out ratings, for old pairs and for new pairs.
+    seed : int
+        Same seed, same data.
+
+    Returns
+    -------
+    Split
+
+    Examples
+    --------
+    >>> from masked_opt.data import synthetic_split
+    >>> s = synthetic_split(50, 40, 10, 8, per_user=5, seed=0)
+    >>> s.n_users, s.n_items, s.sizes()['old_train']
+    (60, 48, 200)
+    """
+    for name, value in (('n_old_users', n_old_users), ('n_old_items', n_old_items),
+                        ('per_user', per_user), ('rank', rank)):
+        if value < 1:
+            raise DataError('%s: expected a positive integer, received %r' % (name, value))
+    if per_user > n_old_items:
+        raise DataError('per_user=%d: expected at most n_old_items=%d (each user rates '
+                        'distinct items)' % (per_user, n_old_items))
+    rng = np.random.default_rng(seed)
+    n_users, n_items = n_old_users + n_new_users, n_old_items + n_new_items
+    weight = 0.75 ** np.arange(rank)
+    weight /= np.sqrt((weight ** 2).sum())
+    users = rng.standard_normal((n_users, rank)) * weight
+    items = rng.standard_normal((n_items, rank))
+
+    def rate(u, i):
+        return 1.0 - (users[u] * items[i]).sum(axis=1) + noise * rng.standard_normal(len(u))
+
+    def distinct_items(u, pool, k):
+        return [(u, int(i)) for i in rng.choice(pool, size=min(k, pool), replace=False)]
+
+    old_pairs = [p for u in range(n_old_users) for p in distinct_items(u, n_old_items, per_user)]
+    new_pairs = [p for u in range(n_old_users, n_users)
+                 for p in distinct_items(u, n_items, per_user)]
+    for i in range(n_old_items, n_items):
+        for u in rng.choice(n_old_users, size=min(per_new_item, n_old_users), replace=False):
+            new_pairs.append((int(u), i))
+    new_pairs = sorted(set(new_pairs))
+    old_u, old_i = np.array(old_pairs).T
+    old = _ratings(old_u, old_i, rate(old_u, old_i))
+    test = _random_holdout(len(old_u), test_fraction, rng)
+    if new_pairs:
+        new_u, new_i = np.array(new_pairs).T
+        new = _ratings(new_u, new_i, rate(new_u, new_i))
+    else:
+        new = _ratings([], [], [])
+    new_test = _random_holdout(len(new.label), test_fraction, rng)
+    return Split(n_old_users, n_new_users, n_old_items, n_new_items,
+                 _subset(old, ~test), _subset(old, test), _subset(new, ~new_test),
+                 _subset(new, new_test), 'synthetic (seed %d)' % seed, float(noise))
+
+
+# ---------------------------------------------------------------------------- MovieLens files
+def load_ratings(path):
+    """Read ratings in MovieLens format: ``user<TAB>item<TAB>rating<TAB>timestamp``.
+
+    ``u.data`` of MovieLens 100k is tab-separated; ``ratings.dat`` of MovieLens 1M/10M uses
+    ``::``; both are accepted. Blank lines are skipped. Ids and timestamps are integers,
+    ratings finite numbers.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+
+    Returns
+    -------
+    RawRatings
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, a malformed line (the message gives ``path:line``), or
+        fewer than :data:`MIN_RATINGS` ratings.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from masked_opt.data import load_ratings
+    >>> path = os.path.join(tempfile.mkdtemp(), 'u.data')
+    >>> with open(path, 'w') as f:
+    ...     _ = f.write(''.join('%d\\t%d\\t%d\\t%d\\n' % (u, i, 1 + (u + i) % 5, 100 * u + i)
+    ...                         for u in range(1, 6) for i in range(1, 6)))
+    >>> r = load_ratings(path)
+    >>> len(r.rating), r.user[:3].tolist(), r.rating[:3].tolist()
+    (25, [1, 1, 1], [3.0, 4.0, 5.0])
+    """
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except OSError as err:
+        raise DataError('cannot read ratings file %s: %s' % (path, err.strerror or err)) \
+            from None
+    except UnicodeDecodeError:
+        raise DataError('%s is not a text file (expected UTF-8 lines user<TAB>item<TAB>'
+                        'rating<TAB>timestamp)' % path) from None
+    users, items, values, times = [], [], [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = line.split('::') if '::' in line else line.split()
+        if len(fields) != 4:
+            raise DataError('%s:%d: expected 4 fields user<TAB>item<TAB>rating<TAB>timestamp, '
+                            'received %d: %r' % (path, number, len(fields), line[:80]))
+        try:
+            user, item, stamp = int(fields[0]), int(fields[1]), int(fields[3])
+        except ValueError:
+            raise DataError('%s:%d: expected integer user id, item id and timestamp, received '
+                            '%r' % (path, number, line[:80])) from None
+        try:
+            value = float(fields[2])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise DataError('%s:%d: expected a finite number as rating, received %r'
+                            % (path, number, fields[2]))
+        users.append(user)
+        items.append(item)
+        values.append(value)
+        times.append(stamp)
+    if len(values) < MIN_RATINGS:
+        raise DataError('%s holds %d ratings; expected at least %d'
+                        % (path, len(values), MIN_RATINGS))
+    return RawRatings(np.array(users, dtype=np.int64), np.array(items, dtype=np.int64),
+                      np.array(values, dtype=np.float64), np.array(times, dtype=np.int64))
+
+
+def _first_seen_vocab(ids):
+    """id -> row in order of first appearance (ids already sorted by time)."""
+    return grow_vocab({}, ids.tolist()).vocab
+
+
+def time_split(raw, cutoff=DEFAULT_CUTOFF, *, test_fraction=0.2, seed=0, source='file'):
+    """Old and new users/items by time: new ones are first seen after the cut-off.
+
+    The cut-off time is the ``cutoff`` quantile of the timestamps. Ratings up to it are
+    between old users and old items (by definition); 10% of them, at random, are held out
+    as ``old_test`` together with the old x old ratings after the cut-off. Ratings after the
+    cut-off that involve a new user or item are split at random into ``new_train`` and
+    ``new_test``. Rows: old ids in order of first appearance, then new ids the same way
+    (:func:`~masked_opt.grow_vocab`).
+
+    Parameters
+    ----------
+    raw : RawRatings
+        From :func:`load_ratings`.
+    cutoff : float, default 0.8
+        Quantile of timestamps in (0, 1).
+    test_fraction : float
+        Share of new-pair ratings held out.
+    seed : int
+        For the random hold-outs.
+    source : str
+        Description for the report.
+
+    Returns
+    -------
+    Split
+
+    Raises
+    ------
+    DataError
+        A cut-off outside (0, 1), or one leaving fewer than :data:`MIN_RATINGS` old training
+        ratings, no new users and no new items, or fewer than 2 ratings of new pairs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from masked_opt.data import RawRatings, time_split
+    >>> u = np.repeat(np.arange(10), 5); i = np.tile(np.arange(5), 10)
+    >>> raw = RawRatings(u, i + 10 * (u >= 8), np.full(50, 4.0), np.arange(50))
+    >>> s = time_split(raw, 0.8)
+    >>> s.n_old_users, s.n_new_users, s.n_old_items, s.n_new_items
+    (8, 2, 5, 5)
+    """
+    if not (isinstance(cutoff, (int, float)) and 0 < cutoff < 1):
+        raise DataError('cutoff: expected a quantile of the timestamps strictly between 0 and '
+                        '1 (default %.1f), received %r' % (DEFAULT_CUTOFF, cutoff))
+    order = np.argsort(raw.timestamp, kind='stable')
+    user, item = raw.user[order], raw.item[order]
+    rating, stamp = raw.rating[order], raw.timestamp[order]
+    t0 = np.quantile(stamp, cutoff, method='lower')
+    before = stamp <= t0
+    old_users = _first_seen_vocab(user[before])
+    old_items = _first_seen_vocab(item[before])
+    users = grow_vocab(old_users, user[~before].tolist())
+    items = grow_vocab(old_items, item[~before].tolist())
+    rows_u = np.array([users.vocab[x] for x in user.tolist()], dtype=np.int64)
+    rows_i = np.array([items.vocab[x] for x in item.tolist()], dtype=np.int64)
+    new_pair = (rows_u >= users.n_old) | (rows_i >= items.n_old)
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(rating), dtype=bool)
+    held[np.flatnonzero(before)] = _random_holdout(int(before.sum()), 0.1, rng)
+    old_train = before & ~held
+    if old_train.sum() < MIN_RATINGS:
+        raise DataError('cutoff %.3g leaves %d old ratings to train on; expected at least %d. '
+                        'Raise --cutoff.' % (cutoff, int(old_train.sum()), MIN_RATINGS))
+    if users.n_new == 0 and items.n_new == 0:
+        raise DataError('cutoff %.3g leaves no new users and no new items (every id is seen '
+                        'by the cut-off time); lower --cutoff' % cutoff)
+    if new_pair.sum() < 2:
+        raise DataError('cutoff %.3g leaves %d ratings of new users/items; expected at least 2 '
+                        '(to train and to test). Lower --cutoff.' % (cutoff, int(new_pair.sum())))
+    offset = rating[old_train].mean() - 1.0
+    all_r = _ratings(rows_u, rows_i, rating - offset)
+    new_idx = np.flatnonzero(new_pair)
+    new_test = np.zeros(len(rating), dtype=bool)
+    new_test[new_idx] = _random_holdout(len(new_idx), test_fraction, rng)
+    return Split(users.n_old, users.n_new, items.n_old, items.n_new,
+                 _subset(all_r, old_train), _subset(all_r, (held | ~before) & ~new_pair),
+                 _subset(all_r, new_pair & ~new_test), _subset(all_r, new_test),
+                 '%s (cut-off: %.3g quantile of timestamps)' % (source, cutoff), None)
+
+
+def random_split(raw, *, test_fraction=0.1, seed=0, source='file'):
+    """All users and items old, ratings held out at random (for ``--mode latent-split``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from masked_opt.data import RawRatings, random_split
+    >>> raw = RawRatings(np.arange(30) % 6, np.arange(30) % 5, np.full(30, 3.0), np.arange(30))
+    >>> s = random_split(raw)
+    >>> s.n_users, s.n_items, s.sizes()['old_test']
+    (6, 5, 3)
+    """
+    users = _first_seen_vocab(raw.user)
+    items = _first_seen_vocab(raw.item)
+    rows_u = np.array([users[x] for x in raw.user.tolist()], dtype=np.int64)
+    rows_i = np.array([items[x] for x in raw.item.tolist()], dtype=np.int64)
+    test = _random_holdout(len(raw.rating), test_fraction, np.random.default_rng(seed))
+    offset = raw.rating[~test].mean() - 1.0
+    all_r = _ratings(rows_u, rows_i, raw.rating - offset)
+    empty = _ratings([], [], [])
+    return Split(len(users), 0, len(items), 0, _subset(all_r, ~test), _subset(all_r, test),
+                 empty, empty, '%s (random %.0f%% test split)' % (source, 100 * test_fraction),
+                 None)
