@@ -1,0 +1,159 @@
+"""The demo's data: synthetic splits, the MovieLens-format loader (malformed files included),
+and the time split that decides which users and items are new."""
+import numpy as np
+import pytest
+
+from masked_opt.data import (
+    MIN_RATINGS,
+    DataError,
+    RawRatings,
+    load_ratings,
+    random_split,
+    synthetic_split,
+    time_split,
+)
+
+
+def write(tmp_path, text, name='u.data'):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def movielens_lines(n_users=12, n_items=9, seed=0, sep='\t'):
+    """Every user rates 6 items; users > 8 and items > 6 only appear late."""
+    rng = np.random.default_rng(seed)
+    lines = []
+    for u in range(1, n_users + 1):
+        for i in rng.choice(np.arange(1, n_items + 1), size=6, replace=False):
+            late = u > 8 or i > 6
+            stamp = 10 ** 9 + (50_000 if late else 0) + int(rng.integers(0, 40_000))
+            lines.append(sep.join(map(str, (u, i, int(rng.integers(1, 6)), stamp))))
+    return '\n'.join(lines) + '\n'
+
+
+# ------------------------------------------------------------------ loader
+@pytest.mark.parametrize('sep', ['\t', '::', ' '])
+def test_load_ratings_reads_movielens_formats(tmp_path, sep):
+    text = movielens_lines(sep=sep)
+    path = write(tmp_path, '\n' + text.replace('\n', '\n\n', 3))  # blank lines are skipped
+    raw = load_ratings(path)
+    rows = [line.split(sep) for line in text.splitlines()]
+    assert raw.user.tolist() == [int(r[0]) for r in rows]
+    assert raw.item.tolist() == [int(r[1]) for r in rows]
+    assert raw.rating.tolist() == [float(r[2]) for r in rows]
+    assert raw.timestamp.tolist() == [int(r[3]) for r in rows]
+
+
+@pytest.mark.parametrize('bad_line, match', [
+    ('1\t2\t3', r':3: expected 4 fields .* received 3'),
+    ('1\t2\t3\t4\t5', r':3: expected 4 fields .* received 5'),
+    ('u1\t2\t3\t4', r':3: expected integer user id'),
+    ('1\t2\t3\t4.5', r':3: expected integer user id, item id and timestamp'),
+    ('1\t2\tfive\t4', r":3: expected a finite number as rating, received 'five'"),
+    ('1\t2\tnan\t4', r":3: expected a finite number as rating, received 'nan'"),
+    ('1\t2\tinf\t4', r":3: expected a finite number as rating, received 'inf'"),
+])
+def test_load_ratings_malformed_line_names_its_number(tmp_path, bad_line, match):
+    lines = movielens_lines().splitlines()
+    lines.insert(2, bad_line)
+    path = write(tmp_path, '\n'.join(lines))
+    with pytest.raises(DataError, match=match):
+        load_ratings(path)
+
+
+def test_load_ratings_missing_short_and_binary_files(tmp_path):
+    with pytest.raises(DataError, match='cannot read ratings file .*nope.data: No such file'):
+        load_ratings(str(tmp_path / 'nope.data'))
+    with pytest.raises(DataError, match='cannot read'):
+        load_ratings(str(tmp_path))  # a folder
+    short = '\n'.join('1\t%d\t3\t%d' % (i, i) for i in range(MIN_RATINGS - 1))
+    with pytest.raises(DataError, match='holds %d ratings; expected at least %d'
+                       % (MIN_RATINGS - 1, MIN_RATINGS)):
+        load_ratings(write(tmp_path, short))
+    with pytest.raises(DataError, match='holds 0 ratings'):
+        load_ratings(write(tmp_path, ''))
+    binary = tmp_path / 'u.bin'
+    binary.write_bytes(b'\xff\xfe\x00\x81' * 50)
+    with pytest.raises(DataError, match='not a text file'):
+        load_ratings(str(binary))
+
+
+# ------------------------------------------------------------------ time split
+def test_time_split_new_means_first_seen_after_the_cutoff(tmp_path):
+    raw = load_ratings(write(tmp_path, movielens_lines()))
+    split = time_split(raw, 0.5, seed=1)
+    t0 = np.quantile(raw.timestamp, 0.5, method='lower')
+    first_user = {u: raw.timestamp[raw.user == u].min() for u in set(raw.user.tolist())}
+    first_item = {i: raw.timestamp[raw.item == i].min() for i in set(raw.item.tolist())}
+    assert split.n_old_users == sum(t <= t0 for t in first_user.values())
+    assert split.n_new_users == sum(t > t0 for t in first_user.values())
+    assert split.n_old_items == sum(t <= t0 for t in first_item.values())
+    assert split.n_new_items == sum(t > t0 for t in first_item.values())
+    assert split.n_new_users > 0 and split.n_new_items > 0
+    for part in (split.old_train, split.old_test):
+        assert (part.user < split.n_old_users).all() and (part.item < split.n_old_items).all()
+    for part in (split.new_train, split.new_test):
+        assert ((part.user >= split.n_old_users) | (part.item >= split.n_old_items)).all()
+        assert (part.user < split.n_users).all() and (part.item < split.n_items).all()
+    sizes = split.sizes()
+    assert sizes['old_train'] + sizes['old_test'] + sizes['new_train'] + sizes['new_test'] \
+        == len(raw.rating)
+    assert sizes['old_train'] <= int((raw.timestamp <= t0).sum())
+    # Labels are the ratings shifted by one constant: differences are rating differences.
+    label = np.concatenate([p.label for p in split[4:8]])
+    assert np.allclose(np.sort(label - label.min()), np.sort(raw.rating - raw.rating.min()),
+                       atol=1e-5)
+    assert abs(split.old_train.label.mean() - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize('cutoff, match', [
+    (0.0, 'strictly between 0 and 1'), (1.0, 'strictly between 0 and 1'),
+    (1.5, 'strictly between 0 and 1'), ('0.5', 'strictly between 0 and 1'),
+    (0.05, 'old ratings to train on; expected at least'),
+])
+def test_time_split_bad_cutoff(tmp_path, cutoff, match):
+    raw = load_ratings(write(tmp_path, movielens_lines()))
+    with pytest.raises(DataError, match=match):
+        time_split(raw, cutoff)
+
+
+def test_time_split_cutoff_leaving_no_new_users_or_items():
+    n = 60
+    raw = RawRatings(np.arange(n) % 5, np.arange(n) % 4, np.full(n, 3.0), np.arange(n))
+    with pytest.raises(DataError, match='no new users and no new items.*lower --cutoff'):
+        time_split(raw, 0.9)
+
+
+# ------------------------------------------------------------------ synthetic and random splits
+def test_synthetic_split_shapes_and_reproducible():
+    a = synthetic_split(50, 40, 10, 8, per_user=6, per_new_item=4, seed=3)
+    b = synthetic_split(50, 40, 10, 8, per_user=6, per_new_item=4, seed=3)
+    c = synthetic_split(50, 40, 10, 8, per_user=6, per_new_item=4, seed=4)
+    for x, y in zip(a[4:8], b[4:8], strict=True):
+        for u, v in zip(x, y, strict=True):
+            assert np.array_equal(u, v)
+    assert not np.array_equal(a.old_train.label, c.old_train.label)
+    assert (a.n_users, a.n_items, a.noise) == (60, 48, 0.1)
+    assert a.sizes()['old_train'] + a.sizes()['old_test'] == 50 * 6
+    # Each new user rates 6 items, each new item gets 4 extra ratings (pairs are unique).
+    assert 10 * 6 <= a.sizes()['new_train'] + a.sizes()['new_test'] <= 10 * 6 + 8 * 4
+    for part in (a.old_train, a.old_test):
+        assert (part.user < 50).all() and (part.item < 40).all()
+    for part in (a.new_train, a.new_test):
+        assert ((part.user >= 50) | (part.item >= 40)).all()
+    pairs = np.concatenate([a.old_train.user * 1000 + a.old_train.item,
+                            a.old_test.user * 1000 + a.old_test.item])
+    assert len(np.unique(pairs)) == len(pairs)
+    with pytest.raises(DataError, match='per_user=41: expected at most n_old_items=40'):
+        synthetic_split(50, 40, 10, 8, per_user=41)
+
+
+def test_random_split_keeps_every_rating():
+    n = 100
+    raw = RawRatings(np.arange(n) % 7 + 100, np.arange(n) % 11, np.arange(n) % 5 + 1.0,
+                     np.arange(n))
+    s = random_split(raw, test_fraction=0.2, seed=0)
+    assert (s.n_users, s.n_items, s.n_new_users, s.n_new_items) == (7, 11, 0, 0)
+    assert s.sizes()['old_train'] == 80 and s.sizes()['old_test'] == 20
+    assert s.sizes()['new_train'] == 0
