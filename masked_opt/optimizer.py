@@ -315,9 +315,14 @@ class Masked(mx_opt.Optimizer):
         else:
             self.base.update(index, w_block, g_block, s_block)
         if sel.fractional:
-            sel.blend(w_block, w_old)
-            if master is not None:
+            if master is None:
+                sel.blend(w_block, w_old)
+            else:
+                # multi_precision: blend the float32 master copy and round it into the weight,
+                # as every multi_precision step does. Blending the float16 weight on its own
+                # rounds twice and can leave it a float16 step away from its master copy.
                 sel.blend(master, m_old)
+                master.astype(w_block.dtype).copyto(w_block)
         sel.scatter(w_block, weight)
         _zip_state(store, s_block, state)
 
