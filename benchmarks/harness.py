@@ -1,0 +1,150 @@
+"""Timing and memory measurement shared by the benchmark scripts.
+
+Throughput ratios are only meaningful when both sides see the same machine load, so every
+script times its methods *side by side in one process*, in interleaved rounds (A B C A B C
+...), and reports the median per-step time over the rounds after a warm-up round. Peak RSS
+cannot be separated inside one process, so it is measured in a fresh subprocess per
+configuration (:func:`peak_rss_of`).
+"""
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import mxnet as mx
+
+
+def time_chunk(step, n):
+    """Seconds per call of ``step`` over ``n`` calls, waiting for MXNet's queue to drain.
+
+    Examples
+    --------
+    >>> from benchmarks.harness import time_chunk
+    >>> time_chunk(lambda: None, 3) >= 0
+    True
+    """
+    mx.nd.waitall()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    mx.nd.waitall()
+    return (time.perf_counter() - t0) / n
+
+
+def interleaved(steps, rounds=5, min_seconds=0.3, max_steps=50, log=None):
+    """Median seconds per step of each callable, timed in interleaved rounds.
+
+    One warm-up round (not counted) also calibrates how many steps each method runs per round
+    so that a round of it lasts at least ``min_seconds`` (at least 1, at most ``max_steps``).
+
+    Parameters
+    ----------
+    steps : dict
+        Name -> zero-argument callable doing one training step (it may only queue work).
+    rounds : int
+        Counted rounds; the result is the median over them (use >= 5).
+    min_seconds : float
+        Target duration of one method's share of a round.
+    max_steps : int
+        Upper bound on steps per method per round.
+    log : callable, optional
+        Called with a progress string after each round.
+
+    Returns
+    -------
+    dict
+        Name -> {'median': seconds per step, 'times': per-round seconds per step, 'n': steps
+        per round}.
+
+    Examples
+    --------
+    >>> from benchmarks.harness import interleaved
+    >>> r = interleaved({'noop': lambda: None}, rounds=5, min_seconds=0.0)
+    >>> len(r['noop']['times'])
+    5
+    """
+    per_round = {}
+    for name, step in steps.items():
+        step()  # first call: graph set-up, allocation
+        t = time_chunk(step, 1)
+        per_round[name] = max(1, min(max_steps, int(min_seconds / max(t, 1e-9)) + 1))
+    times = {name: [] for name in steps}
+    for r in range(rounds):
+        for name, step in steps.items():
+            times[name].append(time_chunk(step, per_round[name]))
+        if log:
+            log('  round %d/%d done' % (r + 1, rounds))
+    return {name: {'median': statistics.median(ts), 'times': ts, 'n': per_round[name]}
+            for name, ts in times.items()}
+
+
+def peak_rss_bytes():
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB).
+
+    Examples
+    --------
+    >>> from benchmarks.harness import peak_rss_bytes
+    >>> peak_rss_bytes() > 0
+    True
+    """
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_of(module, config, timeout=900):
+    """Run ``python -m <module> --child <json config>`` and return the result it prints.
+
+    The child runs one configuration in a fresh process and prints one JSON line with at
+    least ``peak_rss`` (bytes); so each configuration's peak memory is its own.
+
+    Examples
+    --------
+    >>> from benchmarks.harness import peak_rss_of
+    >>> peak_rss_of('benchmarks.harness', {})['peak_rss'] > 0
+    True
+    """
+    env = dict(os.environ)
+    env.setdefault('OMP_NUM_THREADS', '1')
+    out = subprocess.run([sys.executable, '-m', module, '--child', json.dumps(config)],
+                         capture_output=True, text=True, timeout=timeout, env=env,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if out.returncode != 0:
+        raise RuntimeError('%s --child %s failed (exit %d):\n%s'
+                           % (module, json.dumps(config), out.returncode, out.stderr[-3000:]))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def gib(n_bytes):
+    """Format bytes as GiB with two decimals.
+
+    Examples
+    --------
+    >>> from benchmarks.harness import gib
+    >>> gib(3 * 2**30)
+    '3.00 GiB'
+    """
+    return '%.2f GiB' % (n_bytes / 2 ** 30)
+
+
+def table(header, rows):
+    """A GitHub-markdown table as a string.
+
+    Examples
+    --------
+    >>> from benchmarks.harness import table
+    >>> print(table(['a', 'b'], [[1, 2]]))
+    | a | b |
+    |---|---|
+    | 1 | 2 |
+    """
+    lines = ['| ' + ' | '.join(map(str, header)) + ' |',
+             '|' + '|'.join('---' for _ in header) + '|']
+    lines += ['| ' + ' | '.join(map(str, r)) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__' and sys.argv[1:2] == ['--child']:
+    # Used by the doctest of peak_rss_of: an empty configuration, just report.
+    print(json.dumps({'peak_rss': peak_rss_bytes()}))
