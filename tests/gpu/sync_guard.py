@@ -3,8 +3,9 @@
 MXNet's Python frontend reaches the engine through ``mxnet.base._LIB`` (ctypes). Every call
 that blocks the Python thread until device work finishes goes through one of the C functions
 in :data:`SYNC_CALLS` (``asnumpy``, ``asscalar``, ``wait_to_read``, ``waitall``,
-``nd.array(numpy)``, ``x[...] = numpy``, sparse ``.data``/``.indices``, ``check_format``), and
-every imperative operator goes through ``MXImperativeInvokeEx``. :func:`guard` replaces them:
+``nd.array(numpy)``, ``x[...] = numpy``, sparse ``.data``/``.indices``, ``check_format``,
+``mx.nd.save`` and pickling), and every imperative operator goes through
+``MXImperativeInvokeEx``. :func:`guard` replaces them:
 a sync raises :class:`HostSync`, an operator call is recorded by name. Dynamic-shape operators
 (``boolean_mask``, ``np.unique``), which wait inside the engine instead, show up in the record.
 """
@@ -15,7 +16,8 @@ from mxnet.base import _LIB, c_str, check_call, py_str
 
 SYNC_CALLS = ('MXNDArraySyncCopyToCPU', 'MXNDArraySyncCopyFromCPU', 'MXNDArrayWaitToRead',
               'MXNDArrayWaitToWrite', 'MXNDArrayWaitAll', 'MXNDArraySyncCopyFromNDArray',
-              'MXNDArrayGetDataNDArray', 'MXNDArrayGetAuxNDArray', 'MXNDArraySyncCheckFormat')
+              'MXNDArrayGetDataNDArray', 'MXNDArrayGetAuxNDArray', 'MXNDArraySyncCheckFormat',
+              'MXNDArraySave', 'MXNDArraySaveRawBytes')
 
 
 class HostSync(AssertionError):
