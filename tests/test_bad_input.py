@@ -312,13 +312,9 @@ def test_warm_module_rejected_step_leaves_weights_and_states(tmp_path):
     _assert_same_module_bits(before, _module_bits(mod))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    'core limitation: with optimizer states already present (load_optimizer_states), the '
-    'Updater calls Masked.update one parameter at a time, and a parameter earlier in the order '
-    '(here member_embedding_weight, unmasked) is updated before the bad mask of a later one is '
-    'resolved. Module never tells the optimizer the other shapes. On a fresh start the '
-    'Updater creates every state first, so the error comes before any write.'))
 def test_warm_module_rejected_step_on_a_later_parameter(tmp_path):
+    # With states already loaded the Updater creates none; the wrapper still sees the whole
+    # step at once (aggregate_num) and resolves every mask before the first write.
     mod = _warm_module({MBOOK: {'rows': np.ones(N_ITEMS + 1)}}, tmp_path)
     before = _module_bits(mod)
     with pytest.raises(ValueError, match=MBOOK):
