@@ -60,7 +60,14 @@ class CliError(Exception):
 
 # ---------------------------------------------------------------------------- the model
 def forum_mf(n_users, n_items, latent_dim):
-    """The forum's model, unchanged: ``LinearRegressionOutput(1 - <member, book>)``."""
+    """The forum's model, unchanged: ``LinearRegressionOutput(1 - <member, book>)``.
+
+    Examples
+    --------
+    >>> from masked_opt.cli import forum_mf
+    >>> forum_mf(10, 5, 8).list_arguments()
+    ['member', 'member_embedding_weight', 'book', 'book_embedding_weight', 'label']
+    """
     y_true = mx.symbol.Variable('label')
     user = mx.symbol.Embedding(name='member_embedding', data=mx.symbol.Variable('member'),
                                input_dim=n_users, output_dim=latent_dim)
@@ -307,7 +314,17 @@ def _f(x):
 
 
 def format_report(report):
-    """The report as text lines (what ``masked-opt demo`` prints without ``--json``)."""
+    """The report as text lines (what ``masked-opt demo`` prints without ``--json``).
+
+    Examples
+    --------
+    >>> from masked_opt.cli import format_report, run_demo
+    >>> from masked_opt.data import synthetic_split
+    >>> report = run_demo(synthetic_split(30, 20, 5, 4, per_user=5), epochs=1, new_epochs=1,
+    ...                   progress=False)
+    >>> print(format_report(report)[3])
+    frozen entries changed (old rows, compared on the bits): 0 of 400  OK
+    """
     d, s, r, t = report['data'], report['settings'], report['rmse'], report['seconds']
     lines = ['masked-opt demo: %s on %s' % (
         'vocabulary growth' if s['mode'] == 'grow' else 'latent split', d['source'])]
@@ -367,7 +384,7 @@ def _check_plot_target(path):
         raise CliError('--plot %s: expected a file name ending in .png, .pdf or .svg' % path)
 
 
-def plot_report(report, path):
+def _plot_report(report, path):
     """Old vs new embeddings (2-D PCA of each table) and the learning curves, into ``path``."""
     import matplotlib
     matplotlib.use('Agg')
@@ -519,7 +536,7 @@ def main(argv=None):
                       learning_rate=args.learning_rate, seed=args.seed, init=args.init,
                       progress=not args.no_progress)
     if args.plot:
-        plot_report(report, args.plot)
+        _plot_report(report, args.plot)
         report['plot'] = args.plot
     tables = report.pop('_tables')
     del tables
