@@ -31,7 +31,12 @@ __all__ = ['Masked']
 # optimizer". They must reach the wrapped optimizer, which does the arithmetic.
 _FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'multi_precision',
               'lr_mult', 'wd_mult', 'sym_info', 'num_update', 'begin_num_update',
-              'aggregate_num', '_index_update_count', '_all_index_update_counts')
+              '_index_update_count', '_all_index_update_counts')
+
+# What the wrapper reports as its aggregate_num: large, so that MXNet's Updater hands it every
+# parameter of a step in one call. All masks are then resolved before any weight is written
+# (C8), even when states already exist; the wrapped optimizer still sees its own aggregate_num.
+_WHOLE_STEP = 1 << 30
 
 # Optimizers whose multi_precision state is ``(inner_state, master_copy)``; MXNet's default
 # (Optimizer.create_state_multi_precision) is ``(master_copy, inner_state)``.
@@ -156,6 +161,15 @@ class Masked(mx_opt.Optimizer):
         self.base.param_dict = value
         self._remember_names()
 
+    @property
+    def aggregate_num(self):
+        """Parameters per update call: all of them (the wrapped optimizer's own is kept)."""
+        return _WHOLE_STEP
+
+    @aggregate_num.setter
+    def aggregate_num(self, value):
+        self.base.aggregate_num = value
+
     def __getattr__(self, name):
         # Reads of hyper-parameters the wrapper does not define (momentum, beta1, ...) go to
         # the wrapped optimizer. Only called when normal lookup fails.
@@ -273,17 +287,32 @@ class Masked(mx_opt.Optimizer):
             else:
                 self._update_block(plan, index, weight, grad, state, multi_precision)
             return
-        # Aggregated call (aggregate_num > 0): unmasked parameters keep the wrapped
-        # optimizer's multi-tensor call; masked ones are updated one by one.
+        # A whole step at once (see _WHOLE_STEP). Resolve every mask first, so that a bad one
+        # raises before any weight is written. Then update in the caller's order (an
+        # optimizer may read its update count, hence the lr schedule, before counting), with
+        # runs of unmasked parameters in the wrapped optimizer's own calls: multi-tensor
+        # groups of its aggregate_num, or one by one when it does not aggregate.
         plans = [self._plan(i, w) for i, w in zip(index, weight)]
-        plain = [k for k, p in enumerate(plans) if p is None]
-        if plain:
-            inner([index[k] for k in plain], [weight[k] for k in plain],
-                  [grad[k] for k in plain], [state[k] for k in plain])
+        group = self.base.aggregate_num
+        run = []
+
+        def flush():
+            if run:
+                inner([index[k] for k in run], [weight[k] for k in run],
+                      [grad[k] for k in run], [state[k] for k in run])
+                run.clear()
         for k, plan in enumerate(plans):
             if plan is not None:
+                flush()
                 self._update_block(plan, index[k], weight[k], grad[k], state[k],
                                    multi_precision)
+            elif group > 0:
+                run.append(k)
+                if len(run) == group:
+                    flush()
+            else:
+                inner(index[k], weight[k], grad[k], state[k])
+        flush()
 
     def _update_block(self, plan, index, weight, grad, state, multi_precision):
         if plan.empty:
