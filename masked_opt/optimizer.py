@@ -22,6 +22,7 @@ import numpy as np
 from mxnet import optimizer as mx_opt
 from mxnet.ndarray import NDArray
 
+from . import server as _server
 from .masks import as_mask
 from .update import BlockPlan, SparseStep
 
@@ -228,7 +229,10 @@ class Masked(mx_opt.Optimizer):
         key = (index, weight.context)
         if key in self._plans:
             return self._plans[key]
-        if not self.masks:
+        if self.__dict__.get('_server') is not None:
+            # On a dist kvstore server: flat arrays and shards (see server.py).
+            plan = self._server.plan(self, index, weight)
+        elif not self.masks:
             plan = None
         else:
             # A kvstore keyed by strings (Module with kvstore 'local'/'device' and
@@ -256,9 +260,11 @@ class Masked(mx_opt.Optimizer):
         return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
 
     # ---- states ----
+    @_server.loud_on_server
     def create_state(self, index, weight):
         return self._create_state(self.base.create_state, index, weight)
 
+    @_server.loud_on_server
     def create_state_multi_precision(self, index, weight):
         return self._create_state(self.base.create_state_multi_precision, index, weight)
 
@@ -272,9 +278,11 @@ class Masked(mx_opt.Optimizer):
         return create(index, plan.gather(weight))
 
     # ---- updates ----
+    @_server.loud_on_server
     def update(self, index, weight, grad, state):
         self._dispatch(index, weight, grad, state, multi_precision=False)
 
+    @_server.loud_on_server
     def update_multi_precision(self, index, weight, grad, state):
         self._dispatch(index, weight, grad, state, multi_precision=True)
 
@@ -328,7 +336,7 @@ class Masked(mx_opt.Optimizer):
                 return
         else:
             sel = plan
-        w_block = sel.gather(weight)
+        w_block = sel.gather_weight(weight)   # dense path: into a buffer reused every step
         g_block = sel.gather_grad(grad)
         if _is_full_size(state, weight.shape, plan.block_shape):
             view, store = sel.gather, sel.scatter      # state made for the whole weight
@@ -359,10 +367,21 @@ class Masked(mx_opt.Optimizer):
     def __getstate__(self):
         state = dict(self.__dict__)
         state['_plans'] = {}  # device arrays are rebuilt on whichever process unpickles
+        state.pop('_server', None)
+        if _server.pickling_for_servers():
+            state['_dist'] = _server.capture(self)  # names, full shapes: servers see flat keys
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._server = _server.attach(self)
+
+    def __reduce_ex__(self, protocol):
+        reduced = super().__reduce_ex__(protocol)
+        if _server.pickling_for_servers():
+            # A server that cannot import masked_opt must stop, not train without an updater.
+            return _server.reduce_for_servers(reduced)
+        return reduced
 
 
 # Settings that Module, Trainer and the LR schedule set on "the optimizer" reach the wrapped one.

@@ -1,0 +1,224 @@
+"""Start a distributed MXNet job on this machine: scheduler, servers and workers on 127.0.0.1.
+
+MXNet 1.9.1 ships ``tools/launch.py``, but it needs dmlc-core's tracker, which the pip wheel does
+not include. This module does the same for a single machine with plain subprocesses, for tests
+and for trying a script before moving it to a cluster launcher:
+
+- every process gets ``DMLC_PS_ROOT_URI=127.0.0.1``, a free ``DMLC_PS_ROOT_PORT``,
+  ``DMLC_NUM_SERVER``, ``DMLC_NUM_WORKER``, its ``DMLC_ROLE`` and ``DMLC_NODE_HOST=127.0.0.1``
+  (without it ps-lite binds to the first non-loopback interface);
+- when any process exits non-zero the others would block forever inside ps-lite, so the rest are
+  stopped ``grace`` seconds after the first failure, and everything is stopped at ``timeout``;
+- only the processes started here are ever signalled, by PID.
+
+Command line::
+
+    python -m masked_opt.launch -n 2 -s 1 --timeout 300 -- python train.py --epochs 1
+"""
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+__all__ = ['Proc', 'launch', 'free_port', 'main']
+
+#: The default scheduler and server program: importing mxnet with DMLC_ROLE=scheduler/server
+#: runs the ps-lite node loop inside ``import mxnet`` and exits when the job ends.
+NODE_CMD = (sys.executable, '-c', 'import mxnet')
+
+
+@dataclass
+class Proc:
+    """What one process of the job did.
+
+    Attributes
+    ----------
+    role : str
+        ``'scheduler'``, ``'server'`` or ``'worker'``.
+    index : int
+        Launch order within its role (not the ps-lite rank, which the scheduler assigns).
+    returncode : int or None
+        Exit code; negative for a signal (``-9`` when the launcher stopped it).
+    output : str
+        stdout and stderr, interleaved as written.
+    stopped : str or None
+        Why the launcher stopped it, or None when it exited by itself.
+    """
+
+    role: str
+    index: int
+    returncode: int
+    output: str
+    stopped: str = None
+
+    @property
+    def name(self):
+        return '%s %d' % (self.role, self.index)
+
+
+def free_port():
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Examples
+    --------
+    >>> 1024 <= free_port() < 65536
+    True
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def launch(worker_cmd, num_workers=2, num_servers=1, env=None, timeout=120.0, grace=5.0,
+           server_cmd=NODE_CMD, server_env=None, cwd=None):
+    """Run a dist kvstore job on 127.0.0.1 and return what every process did.
+
+    Parameters
+    ----------
+    worker_cmd : sequence of str
+        The training program, run once per worker (e.g. ``[sys.executable, 'train.py']``).
+    num_workers, num_servers : int
+        ``DMLC_NUM_WORKER`` and ``DMLC_NUM_SERVER``.
+    env : dict, optional
+        Extra environment for every process (e.g. ``MXNET_KVSTORE_BIGARRAY_BOUND``).
+    timeout : float
+        Seconds after which every process still running is killed.
+    grace : float
+        Seconds the others may still run after the first process that failed (or, once every
+        worker has exited, for the scheduler and servers to shut down).
+    server_cmd : sequence of str
+        Program for the servers (default: ``python -c 'import mxnet'``).
+    server_env : dict, optional
+        Extra environment for the servers only.
+    cwd : str, optional
+        Working directory of every process.
+
+    Returns
+    -------
+    list of Proc
+        Scheduler first, then servers, then workers.
+
+    Examples
+    --------
+    >>> import sys
+    >>> from masked_opt.launch import launch
+    >>> script = ("import mxnet as mx; kv = mx.kv.create('dist_sync'); "
+    ...           "kv.init(3, mx.nd.ones((2,))); out = mx.nd.zeros((2,)); kv.push(3, out + 1); "
+    ...           "kv.pull(3, out=out); print(kv.rank, out.asnumpy().tolist())")
+    >>> procs = launch([sys.executable, '-c', script], num_workers=2, timeout=60)
+    >>> [p.returncode for p in procs]
+    [0, 0, 0, 0]
+    >>> sorted(p.output.split()[-1] for p in procs if p.role == 'worker')  # summed pushes
+    ['2.0]', '2.0]']
+    """
+    if num_workers < 1 or num_servers < 1:
+        raise ValueError('a dist job needs at least one worker and one server; received '
+                         'num_workers=%r, num_servers=%r' % (num_workers, num_servers))
+    base = dict(os.environ)
+    base.update(env or {})
+    base.update({'DMLC_PS_ROOT_URI': '127.0.0.1', 'DMLC_PS_ROOT_PORT': str(free_port()),
+                 'DMLC_NUM_SERVER': str(num_servers), 'DMLC_NUM_WORKER': str(num_workers),
+                 'DMLC_NODE_HOST': '127.0.0.1'})
+    plan = ([('scheduler', 0, NODE_CMD, {})]
+            + [('server', i, server_cmd, server_env or {}) for i in range(num_servers)]
+            + [('worker', i, worker_cmd, {}) for i in range(num_workers)])
+    running = []
+    try:
+        for role, index, cmd, extra in plan:
+            proc_env = dict(base, DMLC_ROLE=role, **extra)
+            log = tempfile.TemporaryFile()
+            popen = subprocess.Popen(list(cmd), env=proc_env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT)
+            running.append([role, index, popen, log, None])
+        _supervise(running, timeout, grace)
+    finally:
+        for entry in running:
+            if entry[2].poll() is None:  # only reached on an exception above
+                entry[2].kill()
+                entry[2].wait()
+                entry[4] = entry[4] or 'launcher error'
+    results = []
+    for role, index, popen, log, stopped in running:
+        log.seek(0)
+        results.append(Proc(role, index, popen.returncode,
+                            log.read().decode('utf-8', 'replace'), stopped))
+        log.close()
+    return results
+
+
+def _supervise(running, timeout, grace):
+    """Wait for the job; stop the rest after a failure, after the workers, or at the timeout."""
+    start = time.monotonic()
+    deadline = start + timeout
+    while True:
+        codes = [entry[2].poll() for entry in running]
+        if all(c is not None for c in codes):
+            return
+        now = time.monotonic()
+        failed = any(c not in (None, 0) for c in codes)
+        workers_done = all(c is not None for (role, *_), c in zip(running, codes)
+                           if role == 'worker')
+        if now >= deadline:
+            _stop(running, 'timeout after %.0f s' % timeout)
+            return
+        if failed or workers_done:
+            # Give the others a moment to exit on their own (servers end after the workers;
+            # a failed node leaves the others blocked in ps-lite), then stop them.
+            deadline = min(deadline, now + grace)
+            reason = 'still running %.0f s after %s' % (
+                grace, 'a failure' if failed else 'the workers finished')
+            while time.monotonic() < deadline:
+                if all(entry[2].poll() is not None for entry in running):
+                    return
+                time.sleep(0.05)
+            _stop(running, reason)
+            return
+        time.sleep(0.05)
+
+
+def _stop(running, reason):
+    for entry in running:
+        popen = entry[2]
+        if popen.poll() is None:
+            popen.kill()  # SIGKILL to this PID only
+            popen.wait()
+            entry[4] = reason
+
+
+def main(argv=None):
+    """Command line: ``python -m masked_opt.launch -n WORKERS -s SERVERS -- CMD ...``.
+
+    Prints each process's output with a prefix and exits with the first non-zero exit code.
+    """
+    parser = argparse.ArgumentParser(prog='python -m masked_opt.launch', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('-n', '--num-workers', type=int, default=2)
+    parser.add_argument('-s', '--num-servers', type=int, default=1)
+    parser.add_argument('--timeout', type=float, default=600.0,
+                        help='seconds before every process is killed (default 600)')
+    parser.add_argument('--grace', type=float, default=5.0)
+    parser.add_argument('command', nargs=argparse.REMAINDER,
+                        help='the worker program, after --')
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ['--'] else args.command
+    if not command:
+        parser.error('expected a worker command after --, e.g. -- python train.py')
+    procs = launch(command, args.num_workers, args.num_servers, timeout=args.timeout,
+                   grace=args.grace)
+    status = 0
+    for p in procs:
+        for line in p.output.splitlines():
+            print('[%s] %s' % (p.name, line))
+        note = ' (stopped: %s)' % p.stopped if p.stopped else ''
+        print('[%s] exit code %s%s' % (p.name, p.returncode, note))
+        if p.returncode and not status:
+            status = p.returncode if p.returncode > 0 else 1
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
