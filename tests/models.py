@@ -68,7 +68,9 @@ def mf_iter(member, book, label, batch_size):
 
 
 class GluonMF(mx.gluon.HybridBlock):
-    """The forum's model as a Gluon block; parameters ``<prefix>user_weight``, ``<prefix>book_weight``.
+    """The forum's model as a Gluon block.
+
+    Parameters are ``<prefix>user_weight`` and ``<prefix>book_weight``.
 
     ``forward(member, book)`` returns ``1 - sum(user * book, axis=1)`` like :func:`forum_mf`.
     """
