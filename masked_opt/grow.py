@@ -41,7 +41,9 @@ Large tables: the old rows' statistics are *streamed*, exactly (not subsampled),
 of 65536 rows, merging chunk means and scatter matrices (Chan et al.), so the estimate needs
 O(D^2) memory, never O(V*D^2); the host never holds more than one chunk of the old table.
 The grown table is one ``concat``: old table + new table, about 2x the old table's memory at
-the peak (10M x 64 float32: see ``benchmarks/grow_memory.py``).
+the peak (10M x 64 float32: +1.03x measured, ``benchmarks/grow_memory.py``). A row_sparse
+table (``SparseEmbedding``) needs one more transient copy of its stored rows, because MXNet
+1.9 builds a ``RowSparseNDArray`` by copying its data array.
 
 Everything is checked before anything is built or changed: a bad request raises a
 ``ValueError``/``TypeError`` that names the parameter, and leaves the input as it was.
