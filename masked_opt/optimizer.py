@@ -339,6 +339,7 @@ class Masked(mx_opt.Optimizer):
         w_block = sel.gather_weight(weight)   # dense path: into a buffer reused every step
         g_block = sel.gather_grad(grad)
         if _is_full_size(state, weight.shape, plan.block_shape):
+            _check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
             view, store = sel.gather, sel.scatter      # state made for the whole weight
         else:
             view, store = sel.state_view, sel.state_store
@@ -347,10 +348,15 @@ class Masked(mx_opt.Optimizer):
             w_old = w_block.copy()
             master = _master_copy(self.base, s_block, w_block, multi_precision)
             m_old = master.copy() if master is not None else None
-        if multi_precision:
-            self.base.update_multi_precision(index, w_block, g_block, s_block)
+        # Call the wrapped optimizer as MXNet's Updater calls it: with one-element lists when
+        # it aggregates (SGD, LARS, LAMB). LAMB's single-tensor multi_precision path never
+        # updates its float32 master copy in MXNet 1.9.1; its list path, the one an unmasked
+        # parameter takes, does.
+        update = self.base.update_multi_precision if multi_precision else self.base.update
+        if self.base.aggregate_num > 0:
+            update([index], [w_block], [g_block], [s_block])
         else:
-            self.base.update(index, w_block, g_block, s_block)
+            update(index, w_block, g_block, s_block)
         if sel.fractional:
             if master is None:
                 sel.blend(w_block, w_old)
@@ -425,6 +431,23 @@ def _is_full_size(state, full_shape, block_shape):
     arrays = []
     _map_state(arrays.append, state)
     return any(a.shape == tuple(full_shape) for a in arrays)
+
+
+def _check_weight_shaped(state, shape, plan, name):
+    """A full-size state is gathered and scattered like the weight. An array of another shape
+    (GroupAdaGrad's per-row accumulator, shape (V, 1)) would be cut along the wrong axis under
+    a column mask and written back out of bounds: refuse it before anything is written."""
+    if plan.all_cols:
+        return   # rows only: a (V, ...) array is cut along its rows like the weight
+    arrays = []
+    _map_state(arrays.append, state)
+    odd = sorted({a.shape for a in arrays if a.shape != tuple(shape)})
+    if odd:
+        raise TypeError('parameter %r: its optimizer state was made for the whole weight %s '
+                        'but holds arrays of shape %s, which a column mask cannot split. Let '
+                        'the masked optimizer create the state (do not hand over a state '
+                        'warmed up without the mask), or mask rows only.'
+                        % (name, tuple(shape), odd))
 
 
 def _map_state(fn, state):
