@@ -7,16 +7,36 @@ back. Frozen entries are never read into the update and never written, so they s
 bit-identical whatever the optimizer does (weight decay, momentum, NaN gradients, norms).
 
 Operators used on the update path, each with a GPU kernel and no host sync in MXNet 1.9.1
-(``../shared/gpu_ops.md``): ``take`` (mode ``clip``), ``_scatter_set_nd`` (in place),
-``elemwise_sub``/``elemwise_mul`` on dense arrays and ``broadcast_mul``. Index arrays are int32
-and unique (scatter has no bound check and duplicate indices race on GPU), and they are made
-once per context by :class:`BlockPlan` and reused every step.
+(``../shared/gpu_ops.md``): ``slice`` and ``_slice_assign`` (in place) when the trainable rows
+and columns are contiguous ranges (``train_rows_from``, ``train_cols(range(a, b))``), otherwise
+``take`` (mode ``clip``) and ``_scatter_set_nd`` (in place); ``elemwise_sub``/``elemwise_mul``
+on dense arrays and ``broadcast_mul``. Index arrays are int32 and unique (scatter has no bound
+check and duplicate indices race on GPU), and they are made once per context by
+:class:`BlockPlan` and reused every step. The dense path gathers the weight block into a buffer
+the plan keeps (``out=``) instead of allocating a block-sized array every step.
 """
 import numpy as np
 from mxnet import ndarray as nd
 
 # nd.array(numpy) uploads synchronously; it is only called when a plan is built, once per
-# parameter and context, never per step.
+# parameter and context, never per step (SparseStep's per-step uploads use _upload).
+
+
+def _contiguous(ids):
+    """True when ``ids`` (sorted, unique) is one run ``a, a+1, ..., b-1`` of at least one."""
+    return ids.size > 0 and int(ids[-1]) - int(ids[0]) + 1 == ids.size
+
+
+def _upload(values, ctx, dtype):
+    """``nd.array(values, ctx, dtype)`` for a numpy array, without its per-call overhead.
+
+    ``nd.array`` goes through ``__setitem__`` and costs ~7x more Python time than an
+    ``empty`` + one synchronous copy; SparseStep uploads a few small index arrays every step.
+    """
+    values = np.ascontiguousarray(values, dtype=dtype)
+    out = nd.empty(values.shape, ctx=ctx, dtype=dtype)
+    out._sync_copyfrom(values)
+    return out
 
 
 class BlockPlan:
@@ -70,13 +90,25 @@ class BlockPlan:
             return nd.array(a, ctx=ctx, dtype='int32')
 
         self._rows64 = nd.array(row_ids, ctx=ctx, dtype='int64')  # for sparse.retain
-        self._take_rows = None if self.all_rows else upload(row_ids)
-        self._take_cols = None if self.all_cols else upload(col_ids)
-        if self.all_cols:
-            self._scatter_index = upload(row_ids[None, :])
-        else:
-            self._scatter_index = upload(np.stack([np.repeat(row_ids, col_ids.size),
-                                                   np.tile(col_ids, row_ids.size)]))
+        # Contiguous rows and columns: slice / _slice_assign, no index arrays (see module doc).
+        self._slice = None
+        if _contiguous(row_ids) and (col_ids is None or _contiguous(col_ids)):
+            begin, end = (int(row_ids[0]),), (int(row_ids[-1]) + 1,)
+            # Rows only: slice axis 0 alone, so that a state with one entry per row (shape
+            # (V, 1), GroupAdaGrad) is cut like the weight.
+            if not self.all_cols:
+                begin, end = begin + (int(col_ids[0]),), end + (int(col_ids[-1]) + 1,)
+            self._slice = (begin, end)
+        self._buffers = {}   # dense path: 'weight' -> block-shaped array reused every step
+        self._take_cols = None if self.all_cols else upload(col_ids)  # also for SparseStep
+        self._take_rows = self._scatter_index = None
+        if self._slice is None and not self.empty:
+            self._take_rows = None if self.all_rows else upload(row_ids)
+            if self.all_cols:
+                self._scatter_index = upload(row_ids[None, :])
+            else:
+                self._scatter_index = upload(np.stack([np.repeat(row_ids, col_ids.size),
+                                                       np.tile(col_ids, row_ids.size)]))
         # Scales strictly inside (0, 1) need a blend; store 1 - s so that s == 1 blends to the
         # inner optimizer's result exactly (new - 0 * d == new), see blend().
         scale = np.ones(self.block_shape[:2] if col_ids is not None else self.block_shape[:1])
@@ -93,18 +125,39 @@ class BlockPlan:
                           for t in {np.dtype(dtype), np.dtype(np.float32)}}
         self.fractional = self._keep is not None
 
-    def gather(self, full):
-        """Return the block of ``full`` (an array of the weight's shape), as a new array."""
+    def gather(self, full, out=None):
+        """Return the block of ``full`` (an array of the weight's shape), as a new array.
+
+        With ``out`` (a dense block-shaped array), write the block there instead.
+        """
         if full.stype == 'row_sparse':
             # take() on a row_sparse array densifies the whole table; retain reads rows only.
             return self.take_cols(nd.sparse.retain(full, self._rows64).data)
-        block = full
+        if self._slice is not None:
+            return nd.slice(full, begin=self._slice[0], end=self._slice[1], out=out)
+        if self._take_cols is None:
+            return nd.take(full, self._take_rows, axis=0, mode='clip', out=out)
+        rows = full
         if self._take_rows is not None:
-            block = nd.take(block, self._take_rows, axis=0, mode='clip')
-        block = self.take_cols(block)
-        if block is full:
-            block = full.copy()
-        return block
+            rows = nd.take(full, self._take_rows, axis=0, mode='clip')
+        return nd.take(rows, self._take_cols, axis=1, mode='clip', out=out)
+
+    def gather_weight(self, weight):
+        """The weight's block for this step's update, in a buffer the plan reuses.
+
+        Safe to reuse: the block is written back (:meth:`scatter`) before the next step
+        gathers into the buffer again, and MXNet's engine orders those two on the buffer.
+        """
+        return self._gather_into('weight', weight)
+
+    def _gather_into(self, key, full):
+        if full.stype != 'default':
+            return self.gather(full)
+        buf = self._buffers.get(key)
+        if buf is None or buf.dtype != full.dtype:
+            buf = self._buffers[key] = nd.empty(self.block_shape, ctx=self.ctx,
+                                                dtype=full.dtype)
+        return self.gather(full, out=buf)
 
     def take_cols(self, rows):
         """Keep the trainable columns of an array of whole rows."""
@@ -114,7 +167,11 @@ class BlockPlan:
 
     # The dense path updates the block state in place, so it needs no view or write-back.
     def gather_grad(self, grad):
-        """The gradient's block."""
+        """The gradient's block, as a new array.
+
+        Not a reused buffer: a wrapped optimizer may keep the gradient it was given across
+        steps (LBSGD accumulates ``cum_grad = grad`` over ``batch_scale`` steps).
+        """
         return self.gather(grad)
 
     def state_view(self, block_state):
@@ -131,6 +188,10 @@ class BlockPlan:
             return
         if self.whole:
             block.copyto(full)
+            return
+        if self._slice is not None:
+            nd._internal._slice_assign(full, block, begin=self._slice[0], end=self._slice[1],
+                                       out=full)
             return
         rows = self._scatter_index.shape[1]
         nd._internal._scatter_set_nd(lhs=full, rhs=block.reshape((rows,) + self.shape[
@@ -213,30 +274,44 @@ class SparseStep:
         self.empty = rows.size == 0
         if self.empty:
             return
-        if lazy:
-            g_rows = nd.take(grad.data, nd.array(keep, ctx=ctx, dtype='int32'), axis=0)
-        else:
+        # Python time here is not hidden behind device work (the step just waited for the
+        # gradient), so uploads are few and cheap (_upload) and skipped where an array exists.
+        if not lazy:
             g_rows = nd.sparse.retain(grad, plan._rows64).data
-        self._rows64 = nd.array(rows, ctx=ctx, dtype='int64')
-        self._rows32 = nd.array(rows, ctx=ctx, dtype='int32')
-        self._pos = nd.array(self._pos_np, ctx=ctx, dtype='int32')
+        elif keep.size == ids.size:   # every row of the batch trains (e.g. a column mask)
+            g_rows = grad.data
+        else:
+            g_rows = nd.take(grad.data, _upload(keep, ctx, np.int32), axis=0)
+        self._rows_np = rows
+        self._rows64_nd = None   # made on first use: only row_sparse weights need it
+        self._rows32 = _upload(rows, ctx, np.int32)
+        self._pos = (self._rows32 if plan.all_rows and lazy
+                     else _upload(self._pos_np, ctx, np.int32))
+        self._pos_index = self._pos.reshape((1, -1))
         self._grad = plan.take_cols(g_rows)
         cols = plan.col_ids
         if plan.all_cols:
             self._scatter_index = self._rows32.reshape((1, -1))
         else:
-            self._scatter_index = nd.array(np.stack([np.repeat(rows, cols.size),
-                                                     np.tile(cols, rows.size)]),
-                                           ctx=ctx, dtype='int32')
+            self._scatter_index = _upload(np.stack([np.repeat(rows, cols.size),
+                                                    np.tile(cols, rows.size)]), ctx, np.int32)
         self._keep = None
         if plan.fractional:
             self._keep = {t: nd.take(k, self._pos, axis=0) for t, k in plan._keep.items()}
+
+    @property
+    def _rows64(self):
+        if self._rows64_nd is None:
+            self._rows64_nd = _upload(self._rows_np, self.plan.ctx, np.int64)
+        return self._rows64_nd
 
     def gather(self, full):
         """The selected rows (trainable columns only) of a weight-shaped array."""
         if full.stype == 'row_sparse':
             return self.plan.take_cols(nd.sparse.retain(full, self._rows64).data)
         return self.plan.take_cols(nd.take(full, self._rows32, axis=0, mode='clip'))
+
+    gather_weight = gather
 
     def gather_grad(self, grad):
         """The gradient's selected rows, dense."""
@@ -258,8 +333,7 @@ class SparseStep:
 
     def state_store(self, view, block_state):
         """Write updated state rows back into the block-shaped state."""
-        nd._internal._scatter_set_nd(lhs=block_state, rhs=view,
-                                     indices=self._pos.reshape((1, -1)),
+        nd._internal._scatter_set_nd(lhs=block_state, rhs=view, indices=self._pos_index,
                                      shape=block_state.shape, out=block_state)
 
     @property
