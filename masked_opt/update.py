@@ -9,11 +9,13 @@ bit-identical whatever the optimizer does (weight decay, momentum, NaN gradients
 Operators used on the update path, each with a GPU kernel and no host sync in MXNet 1.9.1
 (``../shared/gpu_ops.md``): ``slice`` and ``_slice_assign`` (in place) when the trainable rows
 and columns are contiguous ranges (``train_rows_from``, ``train_cols(range(a, b))``), otherwise
-``take`` (mode ``clip``) and ``_scatter_set_nd`` (in place); ``elemwise_sub``/``elemwise_mul``
-on dense arrays and ``broadcast_mul``. Index arrays are int32 and unique (scatter has no bound
-check and duplicate indices race on GPU), and they are made once per context by
-:class:`BlockPlan` and reused every step. The dense path gathers the weight block into a buffer
-the plan keeps (``out=``) instead of allocating a block-sized array every step.
+``take`` (mode ``clip``) and ``_scatter_set_nd`` (in place); ``broadcast_sub`` (what ``x - y``
+on two NDArrays runs in 1.9.1), ``broadcast_mul`` and ``_copyto`` for fractional scales.
+``tests/gpu/test_gpu_no_sync.py`` records the operators a step runs and checks this list.
+Index arrays are int32 and unique (scatter has no bound check and duplicate indices race on
+GPU), and they are made once per context by :class:`BlockPlan` and reused every step. The
+dense path gathers the weight block into a buffer the plan keeps (``out=``) instead of
+allocating a block-sized array every step.
 """
 import numpy as np
 from mxnet import ndarray as nd

@@ -5,6 +5,10 @@ gradients hold NaN and Inf at frozen entries; the trainable block, and its optim
 bit-identical to the wrapped optimizer run on a separate parameter holding only the block, on
 the same device (contract C1 and C2). Also: a full-size state warmed up without a mask keeps
 its frozen entries; float16 weights with ``multi_precision``; fractional scales.
+
+Both optimizers are driven by MXNet's ``Updater`` (``mx.optimizer.get_updater``), the object
+Module and Trainer use: it creates the states and calls the optimizer's single-tensor or
+aggregated (list) update exactly as in training.
 """
 import mxnet as mx
 import numpy as np
@@ -45,6 +49,11 @@ def _arrays(state):
     return []
 
 
+def _updater(opt):
+    """MXNet's Updater for ``opt``; ``updater(0, grad, weight)`` is one step of parameter 0."""
+    return mx.optimizer.get_updater(opt)
+
+
 def _grads(rng, frozen, steps, dtype='float32'):
     """Random gradients with NaN and Inf written at some frozen entries."""
     out = []
@@ -73,23 +82,20 @@ def test_frozen_bits_and_block_equals_separate_parameter(base, settings, mask):
     w0 = rng.normal(0, 0.1, SHAPE).astype(np.float32)
     grads = _grads(rng, frozen, steps=30)
 
-    opt = mo.Masked(base=base, masks={'emb_weight': MASKS[mask]}, **settings, **NAME)
+    masked = _updater(mo.Masked(base=base, masks={'emb_weight': MASKS[mask]}, **settings,
+                                **NAME))
+    alone = _updater(mx.optimizer.create(base, **settings, param_idx2name={0: 'block_weight'}))
     w = mx.nd.array(w0, ctx=ctx)
-    state = opt.create_state(0, w)
-
-    alone = mx.optimizer.create(base, **settings, param_idx2name={0: 'block_weight'})
     w_alone = mx.nd.array(w0[block], ctx=ctx)
-    state_alone = alone.create_state(0, w_alone)
-
     for g in grads:
-        opt.update(0, w, mx.nd.array(g, ctx=ctx), state)
-        alone.update(0, w_alone, mx.nd.array(g[block], ctx=ctx), state_alone)
+        masked(0, mx.nd.array(g, ctx=ctx), w)
+        alone(0, mx.nd.array(g[block], ctx=ctx), w_alone)
 
     after = w.asnumpy()
     assert_same_bits(w0[frozen], after[frozen], 'frozen entries of %s' % base)
     assert_same_bits(w_alone, after[block], 'trainable block vs separate parameter')
     assert changed_bits(w0[block], after[block]) > 0
-    for mine, theirs in zip(_arrays(state), _arrays(state_alone), strict=True):
+    for mine, theirs in zip(_arrays(masked.states[0]), _arrays(alone.states[0]), strict=True):
         assert mine.shape == theirs.shape == w_alone.shape   # state for the block only
         assert_same_bits(theirs, mine, 'optimizer state')
 
@@ -101,16 +107,18 @@ def test_warm_full_size_state_keeps_frozen_entries(base, settings):
     mask = MASKS['rows_and_cols']
     block, frozen = _block_index(mask)
     w = mx.nd.array(rng.normal(0, 0.1, SHAPE), ctx=ctx)
-    plain = mx.optimizer.create(base, **settings, **NAME)
-    state = plain.create_state(0, w)
+    plain = _updater(mx.optimizer.create(base, **settings, **NAME))
     for _ in range(5):
-        plain.update(0, w, mx.nd.array(rng.normal(size=SHAPE), ctx=ctx), state)
+        plain(0, mx.nd.array(rng.normal(size=SHAPE), ctx=ctx), w)
+    state = plain.states[0]
     w_before = w.asnumpy()
     state_before = [a.asnumpy() for a in _arrays(state)]
 
-    opt = mo.Masked(base=base, masks={'emb_weight': mask}, **settings, **NAME)
+    # As after Trainer.load_states: the masked optimizer's Updater receives the warm state.
+    masked = _updater(mo.Masked(base=base, masks={'emb_weight': mask}, **settings, **NAME))
+    masked.states[0], masked.states_synced[0] = state, True
     for g in _grads(rng, frozen, steps=10):
-        opt.update(0, w, mx.nd.array(g, ctx=ctx), state)
+        masked(0, mx.nd.array(g, ctx=ctx), w)
 
     assert_same_bits(w_before[frozen], w.asnumpy()[frozen], 'frozen weight')
     for before, after in zip(state_before, _arrays(state), strict=True):
@@ -126,18 +134,15 @@ def test_float16_multi_precision(base, settings):
     mask = MASKS['rows']
     block, frozen = _block_index(mask)
     w0 = rng.normal(0, 0.1, SHAPE).astype(np.float16)
-    opt = mo.Masked(base=base, masks={'emb_weight': mask}, multi_precision=True, **settings,
-                    **NAME)
-    alone = mx.optimizer.create(base, multi_precision=True, **settings,
-                                param_idx2name={0: 'block_weight'})
-    w, w_alone = mx.nd.array(w0, ctx=ctx, dtype='float16'), mx.nd.array(
-        w0[block], ctx=ctx, dtype='float16')
-    state = opt.create_state_multi_precision(0, w)
-    state_alone = alone.create_state_multi_precision(0, w_alone)
+    masked = _updater(mo.Masked(base=base, masks={'emb_weight': mask}, multi_precision=True,
+                                **settings, **NAME))
+    alone = _updater(mx.optimizer.create(base, multi_precision=True, **settings,
+                                         param_idx2name={0: 'block_weight'}))
+    w = mx.nd.array(w0, ctx=ctx, dtype='float16')
+    w_alone = mx.nd.array(w0[block], ctx=ctx, dtype='float16')
     for g in _grads(rng, frozen, steps=20, dtype='float16'):
-        opt.update_multi_precision(0, w, mx.nd.array(g, ctx=ctx, dtype='float16'), state)
-        alone.update_multi_precision(0, w_alone, mx.nd.array(g[block], ctx=ctx,
-                                                             dtype='float16'), state_alone)
+        masked(0, mx.nd.array(g, ctx=ctx, dtype='float16'), w)
+        alone(0, mx.nd.array(g[block], ctx=ctx, dtype='float16'), w_alone)
     after = w.asnumpy()
     assert after.dtype == np.float16
     assert_same_bits(w0[frozen], after[frozen], 'frozen float16 entries')
@@ -152,14 +157,15 @@ def test_fraction_scales_the_step(base, settings):
     g = rng.normal(size=SHAPE).astype(np.float32)
     g[scales == 0] = np.nan                                  # frozen rows: poisoned
 
-    opt = mo.Masked(base=base, masks={'emb_weight': mo.scale_rows(scales)}, **settings, **NAME)
+    masked = _updater(mo.Masked(base=base, masks={'emb_weight': mo.scale_rows(scales)},
+                                **settings, **NAME))
     w = mx.nd.array(w0, ctx=ctx)
-    opt.update(0, w, mx.nd.array(g, ctx=ctx), opt.create_state(0, w))
+    masked(0, mx.nd.array(g, ctx=ctx), w)
 
     rows = scales > 0
-    alone = mx.optimizer.create(base, **settings, param_idx2name={0: 'block_weight'})
+    alone = _updater(mx.optimizer.create(base, **settings, param_idx2name={0: 'block_weight'}))
     w_alone = mx.nd.array(w0[rows], ctx=ctx)
-    alone.update(0, w_alone, mx.nd.array(g[rows], ctx=ctx), alone.create_state(0, w_alone))
+    alone(0, mx.nd.array(g[rows], ctx=ctx), w_alone)
 
     after = w.asnumpy()
     assert_same_bits(w0[~rows], after[~rows], 'scale-0 rows')
