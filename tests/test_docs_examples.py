@@ -5,6 +5,8 @@ One test per page. The blocks of a page run in order in one fresh namespace (``_
 ``'__main__'``), with the working directory set to a fresh temporary directory, so a page reads
 like one script and may build on its earlier blocks. Tracebacks point at the Markdown file and
 line, because each block is compiled with the page's path and padded to its line number.
+A block written as an interactive session (lines starting with ``>>>``) runs as a doctest,
+so its shown outputs are checked too.
 
 A block that cannot run here (it needs a GPU, a cluster, a file the user has) is marked by an
 HTML comment on the line right above its opening fence, with a reason::
@@ -14,6 +16,7 @@ HTML comment on the line right above its opening fence, with a reason::
 A marker without a reason is an error, as is a marker that precedes no python block.
 Blocks in other languages (``bash``, ``text``, ``json``, ...) are never run.
 """
+import doctest
 import os
 import pathlib
 import re
@@ -99,12 +102,26 @@ def run_blocks(blocks, path):
     saved_environ = dict(os.environ)
     try:
         for first_line, code, _ in blocks:
+            if code.lstrip().startswith('>>>'):
+                _run_doctest(code, namespace, '%s:%d' % (path, first_line))
+                continue
             source = '\n' * (first_line - 1) + code
             exec(compile(source, str(path), 'exec'), namespace)  # noqa: S102 - the point
     finally:
         os.environ.clear()
         os.environ.update(saved_environ)
     return namespace
+
+
+def _run_doctest(code, namespace, where):
+    """A block written as an interactive session (``>>>``) runs as a doctest: outputs count."""
+    test = doctest.DocTestParser().get_doctest(code, namespace, where, where, 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    report = []
+    runner.run(test, out=report.append, clear_globs=False)
+    namespace.update(test.globs)   # DocTest ran in a copy; later blocks build on its names
+    if runner.failures:
+        raise AssertionError('%s: doctest-style example failed\n%s' % (where, ''.join(report)))
 
 
 def _page_id(path):
@@ -159,6 +176,16 @@ def test_collector_finds_blocks_and_markers():
 def test_collector_rejects_bad_skip_markers(text):
     with pytest.raises(ValueError, match='docs-example skip marker'):
         python_blocks(text, 'p.md')
+
+
+def test_interactive_blocks_run_as_doctests(tmp_path):
+    page = tmp_path / 'session.md'
+    good = '```python\n>>> x = 2\n>>> x * 3\n6\n```\n'
+    namespace = run_blocks(python_blocks(good, 'session.md'), page)
+    assert namespace['x'] == 2
+    bad = '```python\n>>> 2 * 3\n7\n```\n'
+    with pytest.raises(AssertionError, match='doctest-style example failed'):
+        run_blocks(python_blocks(bad, 'session.md'), page)
 
 
 def test_a_failing_example_fails_with_its_markdown_line(tmp_path):
