@@ -30,15 +30,17 @@ def _contiguous(ids):
 
 
 def _upload(values, ctx, dtype):
-    """``nd.array(values, ctx, dtype)`` for a numpy array, without its per-call overhead.
+    """``nd.array(values, ctx=ctx, dtype=dtype)`` for a numpy array, without blocking Python.
 
-    ``nd.array`` goes through ``__setitem__`` and costs ~7x more Python time than an
-    ``empty`` + one synchronous copy; SparseStep uploads a few small index arrays every step.
+    ``nd.array`` (and ``_sync_copyfrom``) push a write onto the engine and wait for it, behind
+    whatever the worker is still running: every upload becomes a wait. Wrapping a private
+    numpy copy as a CPU NDArray (``from_numpy``, zero copy: the NDArray keeps the numpy buffer
+    alive) costs no engine round trip, and ``as_in_context`` to another device is an
+    asynchronous copy. SparseStep uploads a few small index arrays every step.
     """
-    values = np.ascontiguousarray(values, dtype=dtype)
-    out = nd.empty(values.shape, ctx=ctx, dtype=dtype)
-    out._sync_copyfrom(values)
-    return out
+    host = np.array(values, dtype=dtype, order='C', copy=True)  # from_numpy marks it read-only
+    out = nd.from_numpy(host, zero_copy=True)
+    return out if out.context == ctx else out.as_in_context(ctx)
 
 
 class BlockPlan:
@@ -278,15 +280,20 @@ class SparseStep:
             return
         # Python time here is not hidden behind device work (the step just waited for the
         # gradient), so uploads are few and cheap (_upload) and skipped where an array exists.
+        self._rows_np = rows
+        self._rows64_nd = None   # made on first use: only row_sparse weights need it
+        self._rows32 = _upload(rows, ctx, np.int32)
         if not lazy:
             g_rows = nd.sparse.retain(grad, plan._rows64).data
+        elif len(plan.shape) == 2:
+            # Embedding's lookup into a row_sparse table (FComputeEx on CPU and GPU) reads the
+            # selected rows without grad.data, which would be a second wait and a full copy.
+            g_rows = nd.Embedding(self._rows32, grad, input_dim=plan.shape[0],
+                                  output_dim=plan.shape[1])
         elif keep.size == ids.size:   # every row of the batch trains (e.g. a column mask)
             g_rows = grad.data
         else:
             g_rows = nd.take(grad.data, _upload(keep, ctx, np.int32), axis=0)
-        self._rows_np = rows
-        self._rows64_nd = None   # made on first use: only row_sparse weights need it
-        self._rows32 = _upload(rows, ctx, np.int32)
         self._pos = (self._rows32 if plan.all_rows and lazy
                      else _upload(self._pos_np, ctx, np.int32))
         self._pos_index = self._pos.reshape((1, -1))
