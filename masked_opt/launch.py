@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-__all__ = ['Proc', 'launch', 'free_port', 'main']
+__all__ = ['Proc', 'launch', 'free_port', 'start_trainer_kvstore', 'main']
 
 #: The default scheduler and server program: importing mxnet with DMLC_ROLE=scheduler/server
 #: runs the ps-lite node loop inside ``import mxnet`` and exits when the job ends.
@@ -187,6 +187,38 @@ def _stop(running, reason):
             popen.kill()  # SIGKILL to this PID only
             popen.wait()
             entry[4] = reason
+
+
+def start_trainer_kvstore(trainer):
+    """Start a Gluon Trainer's kvstore and copy the parameters to it before the first step.
+
+    Works around a race in MXNet 1.9.1's ``gluon.Trainer`` with a ``dist_sync`` kvstore and
+    ``update_on_kvstore=False``: the Trainer sends the initial weights to the servers inside
+    the first ``step()``, and pulls them back asynchronously while it already pushes the first
+    gradients under the same keys. A server that has summed the gradients before the pull
+    arrives returns the *gradient sum* as the worker's initial weights; training goes on and
+    every process exits 0. It happens with any optimizer, masked or not. Calling this once,
+    before the first ``backward``, makes the initial copy complete first.
+
+    Parameters
+    ----------
+    trainer : mxnet.gluon.Trainer
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> from masked_opt.launch import start_trainer_kvstore
+    >>> net = mx.gluon.nn.Dense(2, in_units=3)
+    >>> net.initialize()
+    >>> trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', kvstore='local')
+    >>> start_trainer_kvstore(trainer)   # harmless without a dist kvstore
+    """
+    if not trainer._kv_initialized:
+        trainer._init_kvstore()
+    if trainer._params_to_init:
+        trainer._init_params()
+    import mxnet as mx
+    mx.nd.waitall()  # the pulls of the initial weights have completed
 
 
 def main(argv=None):

@@ -40,6 +40,10 @@ EXIT_CODE = 86
 
 _ROLE = 'DMLC_ROLE'
 
+#: Set this environment variable (to anything) on the servers to print, per key, which part of
+#: which parameter the server holds and how many of its entries train.
+LOG_ENV = 'MASKED_OPT_SERVER_LOG'
+
 
 def _c_round(x):
     """C's ``round``/``llround`` for x >= 0: halves away from zero (Python's round is banker's)."""
@@ -369,21 +373,30 @@ class ServerSide:
                 "every worker." % (index, name, shape, stype, expected, self.rank,
                                    self.num_servers, tuple(weight.shape), self.bound))
         mask_key = opt._mask_name_for(name)
-        if mask_key is None:
-            return None
-        rows, cols = opt.masks[mask_key].resolve(shape, name)
+        rows, cols = (None, None) if mask_key is None else opt.masks[mask_key].resolve(shape,
+                                                                                      name)
         if rows is None and cols is None:
-            return None
-        if stype == 'row_sparse':
+            plan = None
+        elif stype == 'row_sparse':
             # Rows [begin, end) of the table, with row ids local to this part.
             local = as_mask({'rows': None if rows is None else rows[begin:end], 'cols': cols},
                             name=repr(name))
-            return opt._build_plan(name, weight, local)
-        scales = element_scales(shape, rows, cols, begin, end)
-        if scales is None:
-            return None
-        from .update import BlockPlan
-        return BlockPlan(weight.shape, scales, None, weight.context, weight.dtype)
+            plan = opt._build_plan(name, weight, local)
+        else:
+            scales = element_scales(shape, rows, cols, begin, end)
+            plan = None
+            if scales is not None:
+                from .update import BlockPlan
+                plan = BlockPlan(weight.shape, scales, None, weight.context, weight.dtype)
+        if os.environ.get(LOG_ENV):
+            sys.stderr.write(
+                "masked_opt server rank %s: key %r = '%s' %s %s, %s [%d, %d), %s\n" % (
+                    self.rank, index, name, stype, shape,
+                    'rows' if stype == 'row_sparse' else 'elements', begin, end,
+                    'no mask' if plan is None else
+                    'trainable block %s' % (getattr(plan, 'block_shape', '?'),)))
+            sys.stderr.flush()
+        return plan
 
 
 def element_scales(shape, rows, cols, begin, end):

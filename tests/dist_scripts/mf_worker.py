@@ -20,6 +20,7 @@ import mxnet as mx
 import numpy as np
 
 import masked_opt as mo
+from masked_opt.launch import start_trainer_kvstore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -112,7 +113,7 @@ def run_module(cfg, kv):
         mod.fit(it, num_epoch=1, kvstore=kv, optimizer=opt, optimizer_params=params or (),
                 arg_params=arg_params, initializer=mx.init.Zero())
     final = {}
-    kv._barrier()
+    settle(kv)
     for name in ('member_embedding_weight', 'book_embedding_weight'):
         out = mod._exec_group.param_arrays[mod._exec_group.param_names.index(name)][0]
         if mod._update_on_kvstore:
@@ -155,6 +156,8 @@ def run_gluon(cfg, kv):
         tamper(cfg)
     trainer = mx.gluon.Trainer(net.collect_params(), opt, params, kvstore=kv,
                                update_on_kvstore=cfg['update_on_kvstore'])
+    # MXNet 1.9.1 race with update_on_kvstore=False: see start_trainer_kvstore.
+    start_trainer_kvstore(trainer)
     member, book, label = data(cfg, kv.rank)
     b = cfg['batch']
     for step in range(cfg['steps']):
@@ -163,7 +166,7 @@ def run_gluon(cfg, kv):
             loss = ((net(u, i) - y) ** 2).sum()
         loss.backward()
         trainer.step(1)
-    kv._barrier()
+    settle(kv)
     final = {}
     params = trainer._params
     for p in (net.user.weight, net.item.weight):
@@ -178,6 +181,15 @@ def run_gluon(cfg, kv):
         final[p.name] = p.data().asnumpy()
     arg_params = {net.user.weight.name: init['user'], net.item.weight.name: init['item']}
     return arg_params, final, trainer._update_on_kvstore
+
+
+def settle(kv):
+    """Wait until every worker's pushes have been applied, so that a pull sees the end state.
+
+    A push returns before the server has answered; dist_async servers answer after updating.
+    """
+    mx.nd.waitall()
+    kv._barrier()
 
 
 def tamper(cfg):
