@@ -29,8 +29,8 @@ import numpy as np
 
 from .masks import as_mask
 
-__all__ = ['ServerSide', 'capture', 'part_range', 'row_part_range', 'loud_on_server',
-           'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE']
+__all__ = ['ServerSide', 'capture', 'part_range', 'row_part_range', 'element_scales',
+           'loud_on_server', 'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE', 'LOG_ENV']
 
 #: MXNet's default for ``MXNET_KVSTORE_BIGARRAY_BOUND`` (read by the workers).
 DEFAULT_BIGARRAY_BOUND = 1000000
