@@ -160,7 +160,7 @@ def _supervise(running, timeout, grace):
             return
         now = time.monotonic()
         failed = any(c not in (None, 0) for c in codes)
-        workers_done = all(c is not None for (role, *_), c in zip(running, codes)
+        workers_done = all(c is not None for (role, *_), c in zip(running, codes, strict=True)
                            if role == 'worker')
         if now >= deadline:
             _stop(running, 'timeout after %.0f s' % timeout)

@@ -260,11 +260,11 @@ class Masked(mx_opt.Optimizer):
         return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
 
     # ---- states ----
-    @_server.loud_on_server
+    @_server.loud_in_kvstore
     def create_state(self, index, weight):
         return self._create_state(self.base.create_state, index, weight)
 
-    @_server.loud_on_server
+    @_server.loud_in_kvstore
     def create_state_multi_precision(self, index, weight):
         return self._create_state(self.base.create_state_multi_precision, index, weight)
 
@@ -278,11 +278,11 @@ class Masked(mx_opt.Optimizer):
         return create(index, plan.gather(weight))
 
     # ---- updates ----
-    @_server.loud_on_server
+    @_server.loud_in_kvstore
     def update(self, index, weight, grad, state):
         self._dispatch(index, weight, grad, state, multi_precision=False)
 
-    @_server.loud_on_server
+    @_server.loud_in_kvstore
     def update_multi_precision(self, index, weight, grad, state):
         self._dispatch(index, weight, grad, state, multi_precision=True)
 

@@ -17,7 +17,7 @@ and everything the server will need is checked there, where an exception reaches
 On the server (:class:`ServerSide`), each key's array is checked against the shape the worker
 recorded (a shifted key order is caught by the sizes), and the mask is sliced to the part the
 server holds. Anything that still fails on a server ends the server process with a message
-and a non-zero exit code (:func:`loud_on_server`), so the job stops instead of training on.
+and a non-zero exit code (:func:`loud_in_kvstore`), so the job stops instead of training on.
 """
 import functools
 import operator
@@ -30,7 +30,7 @@ import numpy as np
 from .masks import as_mask
 
 __all__ = ['ServerSide', 'capture', 'part_range', 'row_part_range', 'element_scales',
-           'loud_on_server', 'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE', 'LOG_ENV']
+           'loud_in_kvstore', 'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE', 'LOG_ENV']
 
 #: MXNet's default for ``MXNET_KVSTORE_BIGARRAY_BOUND`` (read by the workers).
 DEFAULT_BIGARRAY_BOUND = 1000000
@@ -147,7 +147,7 @@ def capture(opt):
               for p in opt.base.param_dict.values()}
     if not params:
         params = _caller_params()
-    for name, (shape, stype, grad_stype) in sorted(params.items()):
+    for name, (_, stype, grad_stype) in sorted(params.items()):
         if stype == 'default' and grad_stype == 'row_sparse':
             raise ValueError(
                 "parameter '%s' has a dense weight and a row_sparse gradient (e.g. "
@@ -234,11 +234,12 @@ def reduce_for_servers(reduced):
 # ---------------------------------------------------------------- server side
 
 def die(message):
-    """Print ``message`` and end this server process with :data:`EXIT_CODE`.
+    """Print ``message`` and end this process with :data:`EXIT_CODE`.
 
     ``os._exit`` because a Python exception here would be swallowed by ctypes.
     """
-    sys.stderr.write('masked_opt: kvstore server stops: %s\n' % message)
+    sys.stderr.write('masked_opt: %s stops: %s\n' % (
+        'kvstore server' if on_server() else 'process', message))
     sys.stderr.flush()
     os._exit(EXIT_CODE)
 
@@ -248,19 +249,39 @@ def on_server():
     return os.environ.get(_ROLE) == 'server'
 
 
-def loud_on_server(fn):
-    """Decorator: on a kvstore server, an exception ends the process instead of vanishing.
+def in_kvstore_updater():
+    """True when called from inside MXNet's kvstore updater callback (``updater_handle``).
 
-    Elsewhere the exception propagates unchanged.
+    That callback is entered from C++ through ctypes, which prints and discards any Python
+    exception raised in it: on a server, and on a worker's local kvstore with
+    ``update_on_kvstore``, the update is skipped and training goes on.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == 'updater_handle' and code.co_filename.endswith(
+                os.path.join('kvstore', 'kvstore.py')):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def loud_in_kvstore(fn):
+    """Decorator: an exception that MXNet would swallow ends the process instead.
+
+    On a kvstore server, or inside a kvstore updater callback on a worker (a ``'local'`` or
+    ``'device'`` kvstore with ``update_on_kvstore``), the error is printed with what to fix and
+    the process exits with :data:`EXIT_CODE`. Elsewhere the exception propagates unchanged.
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except Exception:
-            if on_server():
-                die('the masked optimizer failed in %s:\n%s' % (fn.__name__,
-                                                               traceback.format_exc()))
+            if on_server() or in_kvstore_updater():
+                die('the masked optimizer failed in %s inside MXNet\'s kvstore updater, which '
+                    'would ignore the error and train on without this update:\n%s'
+                    % (fn.__name__, traceback.format_exc()))
             raise
     return wrapper
 

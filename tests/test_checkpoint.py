@@ -267,8 +267,8 @@ def test_masks_round_trip_every_kind(tmp_path):
     assert list(back) == list(ALL_KINDS)
     for name, mask in ALL_KINDS.items():
         assert back[name] == mo.as_mask(mask)
-        for got, want in zip(back[name].resolve((4, 3), name), mo.as_mask(mask).resolve((4, 3),
-                                                                                         name)):
+        want_both = mo.as_mask(mask).resolve((4, 3), name)
+        for got, want in zip(back[name].resolve((4, 3), name), want_both, strict=True):
             assert (got is None and want is None) or np.array_equal(got, want)
 
 

@@ -7,6 +7,10 @@ other (when a kvstore sums the gradients), and the trainable entries moved. The 
 are also compared with workaround (A) (split embedding + ``fixed_param_names``) on the same two
 devices: the trainable columns end bit-identical to the oracle's trainable embedding.
 """
+import os
+import subprocess
+import sys
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ from bits import as_bits, assert_same_bits, changed_bits
 from models import forum_mf, mf_iter, ratings, split_embedding_mf
 
 import masked_opt as mo
+from masked_opt import server
 
 CTXS = [mx.cpu(0), mx.cpu(1)]
 N_USERS, N_ITEMS, N_OLD, DIM = 12, 10, 7, 8
@@ -43,7 +48,7 @@ def _fit_module(sym, masks, kvstore, monkeypatch, update_on_kvstore, fixed=(), a
             mod.forward_backward(batch)
             mod.update()
     copies = {name: [a.copy() for a in arrays] for name, arrays in
-              zip(mod._exec_group.param_names, mod._exec_group.param_arrays)}
+              zip(mod._exec_group.param_names, mod._exec_group.param_arrays, strict=True)}
     return mod, init, copies
 
 
@@ -56,7 +61,7 @@ def test_module_two_devices_rows_and_cols(kvstore, update_on_kvstore, monkeypatc
                                     monkeypatch, update_on_kvstore)
     assert mod._update_on_kvstore == update_on_kvstore
     book, member = copies['book_embedding_weight'], copies['member_embedding_weight']
-    for dev, (b, m) in enumerate(zip(book, member)):
+    for dev, (b, m) in enumerate(zip(book, member, strict=True)):
         assert_same_bits(init['book_embedding_weight'][:N_OLD], b[:N_OLD], 'old rows, dev %d' % dev)
         assert_same_bits(init['member_embedding_weight'][:, :TRAIN_COL], m[:, :TRAIN_COL],
                          'frozen cols, dev %d' % dev)
@@ -162,3 +167,30 @@ def test_as_bits_sanity():
     b = mx.nd.array(np.nextafter(np.float32(1.0), np.float32(2.0), dtype=np.float32)[None])
     assert changed_bits(a, b) == 1
     assert as_bits(a)[0] + 1 == as_bits(b)[0]
+
+
+_BAD_MASK_SCRIPT = '''
+import os, sys
+os.environ['MXNET_UPDATE_ON_KVSTORE'] = '1'
+sys.path.insert(0, %r)
+import mxnet as mx, masked_opt as mo
+from models import forum_mf, mf_iter, ratings
+it = mf_iter(*ratings(10, 10, 32), batch_size=8)
+mod = mx.mod.Module(forum_mf(10, 10, 4), data_names=['member', 'book'], label_names=['label'],
+                    context=[mx.cpu(0), mx.cpu(1)])
+mod.fit(it, num_epoch=1, kvstore='local', optimizer='masked',
+        optimizer_params={'masks': {'book_embedding_weight': mo.train_rows([100])}})
+print('trained on')
+'''
+
+
+def test_error_inside_the_local_kvstore_updater_stops_the_process():
+    """MXNet prints and ignores an exception raised in its kvstore updater (a ctypes callback)
+    and trains on; the masked optimizer ends the process with the message instead."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, '-c', _BAD_MASK_SCRIPT % tests], capture_output=True,
+                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode == server.EXIT_CODE, out
+    assert 'trained on' not in out
+    assert 'train_rows index 100 is out of range' in out

@@ -132,7 +132,7 @@ def checkpointed(epoch, crash_after):
 
 def main():
     api, folder, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    flags = dict(zip(sys.argv[4::2], map(int, sys.argv[5::2])))
+    flags = dict(zip(sys.argv[4::2], map(int, sys.argv[5::2]), strict=True))
     start = io.latest_checkpoint(os.path.join(folder, 'ckpt')) or 0
     print('starting at epoch %d' % start, flush=True)
     run = run_module if api == 'module' else run_gluon
