@@ -34,7 +34,7 @@ def time_chunk(step, n):
     return (time.perf_counter() - t0) / n
 
 
-def interleaved(steps, rounds=5, min_seconds=0.3, max_steps=50, log=None):
+def interleaved(steps, rounds=5, min_seconds=0.3, max_steps=50, log=None, fixed_steps=None):
     """Median seconds per step of each callable, timed in interleaved rounds.
 
     One warm-up round (not counted) also calibrates how many steps each method runs per round
@@ -52,6 +52,8 @@ def interleaved(steps, rounds=5, min_seconds=0.3, max_steps=50, log=None):
         Upper bound on steps per method per round.
     log : callable, optional
         Called with a progress string after each round.
+    fixed_steps : int, optional
+        Run exactly this many steps per method per round instead of calibrating.
 
     Returns
     -------
@@ -70,7 +72,8 @@ def interleaved(steps, rounds=5, min_seconds=0.3, max_steps=50, log=None):
     for name, step in steps.items():
         step()  # first call: graph set-up, allocation
         t = time_chunk(step, 1)
-        per_round[name] = max(1, min(max_steps, int(min_seconds / max(t, 1e-9)) + 1))
+        per_round[name] = (fixed_steps if fixed_steps else
+                           max(1, min(max_steps, int(min_seconds / max(t, 1e-9)) + 1)))
     times = {name: [] for name in steps}
     for r in range(rounds):
         for name, step in steps.items():

@@ -1,0 +1,41 @@
+"""The benchmarks run: ``python -m benchmarks --quick`` end to end, and their docstring examples.
+
+No timing is asserted (the machine is shared; --quick sizes are tiny): only that every part
+runs and prints its tables, ratios and the target verdicts.
+"""
+import doctest
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_quick_run_prints_every_table_and_the_targets(tmp_path):
+    report = tmp_path / 'report.md'
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-m', 'benchmarks', '--quick', '--out', str(report)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    for part in ('## step', '## throughput', '## state', '## scale', '## targets'):
+        assert part in text, part
+    # Ratios measured side by side: every method of the throughput table against plain.
+    for method in ('plain', 'rows', 'cols', 'plain_sparse', 'rows_sparse', 'cols_sparse',
+                   'split', 'split_sparse', 'onehot'):
+        assert '%s steps/s (x plain)' % method in text, method
+    assert '(x1.00)' in text and 'GiB' in text and 'MiB' in text
+    for target in ('1% new rows >= 1.0x plain', 'latent split >= 0.9x plain',
+                   '<= 2% of unmasked', 'within 1.3x', 'peak RSS <= plain'):
+        assert target in text, target
+    assert report.read_text().strip() == text.strip()
+
+
+@pytest.mark.parametrize('name', ['models', 'harness', 'training', 'state', 'step'])
+def test_docstring_examples_run(name, monkeypatch):
+    monkeypatch.syspath_prepend(ROOT)   # benchmarks/ is run from the repository, not installed
+    module = __import__('benchmarks.' + name, fromlist=[name])
+    failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert attempted > 0 and failed == 0
