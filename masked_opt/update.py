@@ -15,7 +15,9 @@ on two NDArrays runs in 1.9.1), ``broadcast_mul`` and ``_copyto`` for fractional
 Index arrays are int32 and unique (scatter has no bound check and duplicate indices race on
 GPU), and they are made once per context by :class:`BlockPlan` and reused every step. The
 dense path gathers the weight block into a buffer the plan keeps (``out=``) instead of
-allocating a block-sized array every step.
+allocating a block-sized array every step. The row_sparse path (:class:`SparseStep`) adds
+``Embedding`` (a lookup into the row_sparse gradient: FComputeEx on CPU and GPU, with an
+in-op bound check on GPU) and reads the gradient's row ids on the host once per step.
 """
 import numpy as np
 from mxnet import ndarray as nd
