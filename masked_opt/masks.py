@@ -254,6 +254,15 @@ class Mask:
                              % (name, shape, self.cols))
         rows = _product(self.rows, shape[0], "parameter '%s' rows" % name)
         cols = _product(self.cols, shape[1], "parameter '%s' cols" % name) if self.cols else None
+        if rows is not None and cols is not None:
+            # Entry (i, j) trains when r[i] > 0 and c[j] > 0; its scale r[i] * c[j] must not
+            # underflow to 0, or an entry meant to move would be neither frozen nor moved.
+            smallest = rows[rows > 0].min(initial=1.0) * cols[cols > 0].min(initial=1.0)
+            if smallest == 0.0:
+                raise ValueError("parameter '%s': the smallest row scale times the smallest "
+                                 "column scale underflows to 0; expected products > 0 for "
+                                 "entries meant to train. Use 0 to freeze, or larger scales."
+                                 % name)
         return rows, cols
 
 

@@ -320,3 +320,13 @@ def test_warm_module_rejected_step_on_a_later_parameter(tmp_path):
     with pytest.raises(ValueError, match=MBOOK):
         mod.update()
     _assert_same_module_bits(before, _module_bits(mod))
+
+
+def test_scale_product_that_underflows_to_zero_is_rejected():
+    """r[i] > 0 and c[j] > 0 but r[i] * c[j] == 0: the entry would be neither frozen nor moved."""
+    mask = mo.scale_rows([0.5, 0.0]) & mo.scale_cols([5e-324, 1.0])
+    with pytest.raises(ValueError, match="parameter 'w'.*underflows to 0"):
+        mask.resolve((2, 2), 'w')
+    # The smallest positive product that does not underflow is accepted.
+    rows, cols = (mo.scale_rows([0.5, 0.0]) & mo.scale_cols([1e-300, 1.0])).resolve((2, 2), 'w')
+    assert rows.tolist() == [0.5, 0.0] and cols.tolist() == [1e-300, 1.0]
