@@ -125,14 +125,17 @@ def test_dist_training(api, kvstore, base, by, update_on_kvstore, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize('api,kvstore,base', [('module', 'dist_sync', 'adam'),
                                               ('gluon', 'dist_async', 'sgd')])
-def test_dense_table_split_across_two_servers(api, kvstore, base, tmp_path):
-    """41x3 = 123 elements cut at 62: row 20 straddles the servers; rows 0..19 stay frozen."""
+def test_dense_tables_split_across_two_servers(api, kvstore, base, tmp_path):
+    """Items 41x3 = 123 elements cut at 62: row 20 straddles the servers, rows 0..19 stay
+    frozen. Users 40x3 = 120 elements cut at 60 (row 20), with a column mask."""
     cfg, procs = run_job({'api': api, 'kvstore': kvstore, 'base': base, 'n_items': 41,
-                          'dim': 3, 'n_old': 20}, tmp_path, num_servers=2,
+                          'n_users': 40, 'dim': 3, 'n_old': 20}, tmp_path, num_servers=2,
                          env={'MXNET_KVSTORE_BIGARRAY_BOUND': '100'})
     check_masked_training(cfg, tmp_path, procs)
-    assert server_parts(procs, NAMES[api][0]) == {(0, 62), (62, 123)}, report(procs)
+    item, user = NAMES[api]
+    assert server_parts(procs, item) == {(0, 62), (62, 123)}, report(procs)
     assert 62 % 3 != 0  # the cut is inside a row
+    assert server_parts(procs, user) == {(0, 60), (60, 120)}, report(procs)
 
 
 @pytest.mark.slow
@@ -141,10 +144,11 @@ def test_sparse_embedding_split_across_two_servers(api, base, tmp_path):
     """A row_sparse weight split by rows: rows 0..20 on one server, 21..40 (local ids) on the
     other; the mask's rows 20.. start inside the first part."""
     cfg, procs = run_job({'api': api, 'base': base, 'sparse': 'sparse_embedding',
-                          'n_items': 41, 'dim': 3, 'n_old': 20}, tmp_path, num_servers=2,
-                         env={'MXNET_KVSTORE_BIGARRAY_BOUND': '100'})
+                          'n_items': 41, 'n_users': 40, 'dim': 3, 'n_old': 20}, tmp_path,
+                         num_servers=2, env={'MXNET_KVSTORE_BIGARRAY_BOUND': '100'})
     workers = check_masked_training(cfg, tmp_path, procs)
     assert server_parts(procs, NAMES[api][0]) == {(0, 21), (21, 41)}, report(procs)
+    assert server_parts(procs, NAMES[api][1]) == {(0, 60), (60, 120)}, report(procs)
     # Lazy update: only trainable rows that appeared in a batch moved.
     item = NAMES[api][0]
     moved = np.flatnonzero((workers[0]['init:' + item] != workers[0]['final:' + item]).any(1))
