@@ -10,10 +10,28 @@ Examples
 >>> opt.learning_rate
 0.1
 """
-from .grow import (DEFAULT_INIT, INIT_METHODS, VocabGrowth, grow_embedding, grow_params,
-                   grow_table, grow_vocab, init_rows, row_stats)
-from .masks import (Mask, as_mask, freeze_cols, freeze_rows, scale_cols, scale_rows,
-                    train_cols, train_rows, train_rows_from)
+from .grow import (
+                   DEFAULT_INIT,
+                   INIT_METHODS,
+                   VocabGrowth,
+                   grow_embedding,
+                   grow_params,
+                   grow_table,
+                   grow_vocab,
+                   init_rows,
+                   row_stats,
+)
+from .masks import (
+                   Mask,
+                   as_mask,
+                   freeze_cols,
+                   freeze_rows,
+                   scale_cols,
+                   scale_rows,
+                   train_cols,
+                   train_rows,
+                   train_rows_from,
+)
 from .optimizer import Masked
 
 __version__ = '0.1.0'

@@ -288,52 +288,65 @@ class Masked(mx_opt.Optimizer):
 
     def _dispatch(self, index, weight, grad, state, multi_precision):
         inner = self.base.update_multi_precision if multi_precision else self.base.update
+        group = self.base.aggregate_num
         if not isinstance(index, (list, tuple)):
             plan = self._plan(index, weight)
             if plan is None:
                 inner(index, weight, grad, state)
-            else:
-                self._update_block(plan, index, weight, grad, state, multi_precision)
+                return
+            step = self._prepare(plan, index, weight, grad, state, multi_precision)
+            if step is not None:
+                # With one-element lists when the wrapped optimizer aggregates, as MXNet's
+                # Updater calls it: LAMB's single-tensor multi_precision path never updates
+                # its float32 master copy in MXNet 1.9.1; its list path does.
+                if group > 0:
+                    inner([index], [step.weight], [step.grad], [step.state])
+                else:
+                    inner(index, step.weight, step.grad, step.state)
+                step.finish()
             return
         # A whole step at once (see _WHOLE_STEP). Resolve every mask first, so that a bad one
-        # raises before any weight is written. Then update in the caller's order (an
-        # optimizer may read its update count, hence the lr schedule, before counting), with
-        # runs of unmasked parameters in the wrapped optimizer's own calls: multi-tensor
-        # groups of its aggregate_num, or one by one when it does not aggregate.
-        plans = [self._plan(i, w) for i, w in zip(index, weight)]
-        group = self.base.aggregate_num
-        run = []
-
-        def flush():
-            if run:
-                inner([index[k] for k in run], [weight[k] for k in run],
-                      [grad[k] for k in run], [state[k] for k in run])
-                run.clear()
-        for k, plan in enumerate(plans):
-            if plan is not None:
-                flush()
-                self._update_block(plan, index[k], weight[k], grad[k], state[k],
+        # raises before any weight is written. Then make the very calls the wrapped optimizer
+        # would get from MXNet's Updater alone — same order, same multi-tensor groups of its
+        # aggregate_num (or one by one) — with each masked parameter's block standing in for
+        # the parameter. Order and grouping matter: LBSGD reads the lr before counting the
+        # update, LARS corrects momentum per call, SGLD draws noise in call order.
+        plans = [self._plan(i, w) for i, w in zip(index, weight, strict=True)]
+        size = group if group > 0 else 1
+        for start in range(0, len(index), size):
+            steps = [self._prepare(plans[k], index[k], weight[k], grad[k], state[k],
                                    multi_precision)
-            elif group > 0:
-                run.append(k)
-                if len(run) == group:
-                    flush()
+                     for k in range(start, min(start + size, len(index)))]
+            steps = [st for st in steps if st is not None]
+            if not steps:
+                continue
+            if group > 0:
+                inner([st.index for st in steps], [st.weight for st in steps],
+                      [st.grad for st in steps], [st.state for st in steps])
             else:
-                inner(index[k], weight[k], grad[k], state[k])
-        flush()
+                inner(steps[0].index, steps[0].weight, steps[0].grad, steps[0].state)
+            for st in steps:
+                st.finish()
 
-    def _update_block(self, plan, index, weight, grad, state, multi_precision):
+    def _prepare(self, plan, index, weight, grad, state, multi_precision):
+        """What the wrapped optimizer updates for one parameter this step, and how to finish.
+
+        Returns a :class:`_Step` whose arrays go to the wrapped optimizer, or None when
+        nothing of the parameter trains this step.
+        """
+        if plan is None:
+            return _Step(index, weight, grad, state, finish=None)
         if plan.empty:
             # Nothing trains; still count the step so lr schedules advance as for others.
             self.base._update_count(index)
-            return
+            return None
         # `sel` says which entries this step reads and writes: the whole block for a dense
         # gradient, the block's rows present in a row_sparse gradient otherwise (lazy).
         if grad.stype == 'row_sparse':
             sel = SparseStep(plan, grad, lazy=getattr(self.base, 'lazy_update', True))
             if sel.empty:
                 self.base._update_count(index)
-                return
+                return None
         else:
             sel = plan
         w_block = sel.gather_weight(weight)   # dense path: into a buffer reused every step
@@ -344,30 +357,25 @@ class Masked(mx_opt.Optimizer):
         else:
             view, store = sel.state_view, sel.state_store
         s_block = _map_state(view, state)
+        master = m_old = None
         if sel.fractional:
             w_old = w_block.copy()
             master = _master_copy(self.base, s_block, w_block, multi_precision)
             m_old = master.copy() if master is not None else None
-        # Call the wrapped optimizer as MXNet's Updater calls it: with one-element lists when
-        # it aggregates (SGD, LARS, LAMB). LAMB's single-tensor multi_precision path never
-        # updates its float32 master copy in MXNet 1.9.1; its list path, the one an unmasked
-        # parameter takes, does.
-        update = self.base.update_multi_precision if multi_precision else self.base.update
-        if self.base.aggregate_num > 0:
-            update([index], [w_block], [g_block], [s_block])
-        else:
-            update(index, w_block, g_block, s_block)
-        if sel.fractional:
-            if master is None:
-                sel.blend(w_block, w_old)
-            else:
-                # multi_precision: blend the float32 master copy and round it into the weight,
-                # as every multi_precision step does. Blending the float16 weight on its own
-                # rounds twice and can leave it a float16 step away from its master copy.
-                sel.blend(master, m_old)
-                master.astype(w_block.dtype).copyto(w_block)
-        sel.scatter(w_block, weight)
-        _zip_state(store, s_block, state)
+
+        def finish():
+            if sel.fractional:
+                if master is None:
+                    sel.blend(w_block, w_old)
+                else:
+                    # multi_precision: blend the float32 master copy and round it into the
+                    # weight, as every multi_precision step does. Blending the float16 weight
+                    # on its own rounds twice and can leave it a float16 step off its master.
+                    sel.blend(master, m_old)
+                    master.astype(w_block.dtype).copyto(w_block)
+            sel.scatter(w_block, weight)
+            _zip_state(store, s_block, state)
+        return _Step(index, w_block, g_block, s_block, finish)
 
     # ---- pickling (kvstore servers, Trainer.save_states) ----
     def __getstate__(self):
@@ -388,6 +396,19 @@ class Masked(mx_opt.Optimizer):
             # A server that cannot import masked_opt must stop, not train without an updater.
             return _server.reduce_for_servers(reduced)
         return reduced
+
+
+class _Step:
+    """One parameter's part of an update call: the arrays the wrapped optimizer updates, and
+    ``finish()`` to write a masked block back afterwards (None for an unmasked parameter)."""
+
+    def __init__(self, index, weight, grad, state, finish):
+        self.index, self.weight, self.grad, self.state = index, weight, grad, state
+        self._finish = finish
+
+    def finish(self):
+        if self._finish is not None:
+            self._finish()
 
 
 # Settings that Module, Trainer and the LR schedule set on "the optimizer" reach the wrapped one.
@@ -464,5 +485,5 @@ def _zip_state(fn, blocks, fulls):
     if isinstance(fulls, NDArray):
         fn(blocks, fulls)
     elif isinstance(fulls, (list, tuple)):
-        for b, f in zip(blocks, fulls):
+        for b, f in zip(blocks, fulls, strict=True):
             _zip_state(fn, b, f)

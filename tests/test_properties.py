@@ -189,10 +189,10 @@ class Replay:
     def __init__(self, opt, lay, w_block, q, states, dtype, direct):
         self.opt, self.lay, self.dtype = opt, lay, np.dtype(dtype)
         # Calls as the masked optimizer makes them: an unmasked parameter (or one whose mask
-        # trains everything) exactly as the caller passed it, scalar or list; a block as
-        # MXNet's Updater would pass a parameter of its own (update_alone).
+        # is all ones) exactly as the caller passed it, scalar or list; a block (fractions
+        # included) as MXNet's Updater would pass a parameter of its own (update_alone).
         self.plain_call = _scalar_call if direct else update_alone
-        self.block_call = self.plain_call if lay.scale.all() else update_alone
+        self.block_call = self.plain_call if (lay.scale == 1).all() else update_alone
         self.w = w_block.astype(dtype)
         self.q = q
         self.states = states
