@@ -1,15 +1,20 @@
 """The registered ``'masked'`` optimizer: any MXNet optimizer, restricted to part of a parameter.
 
-Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision`):
+Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision` -> ``_dispatch``):
 
-1. :meth:`Masked._plan` finds the parameter's mask by index -> name (Module's ``idx2name`` or
-   Gluon's ``param_dict``) and returns its :class:`~masked_opt.update.BlockPlan` for the
-   weight's context (built once, then cached).
-2. Parameters without a mask go straight to the wrapped optimizer (``self.base``), in the same
-   aggregated multi-tensor call it would have made alone.
-3. For a masked parameter, the plan gathers the trainable block of the weight and gradient,
-   the wrapped optimizer updates the block with a state that exists only for the block, the
-   plan blends fractional scales and scatters the block back into the weight.
+1. :meth:`Masked._plan` finds each parameter's mask by index -> name (Module's ``idx2name``,
+   Gluon's ``param_dict``, or the names carried to a kvstore server) and returns its
+   :class:`~masked_opt.update.BlockPlan` for the weight's context (built once, then cached).
+   MXNet's Updater hands the wrapper a whole step at once (``_WHOLE_STEP``), so every mask is
+   resolved and checked before any weight is written.
+2. :meth:`Masked._prepare` turns a masked parameter into its trainable block: the plan (dense
+   gradient) or a :class:`~masked_opt.update.SparseStep` (row_sparse gradient, lazy) gathers
+   the block of the weight, gradient and state. The state exists only for the block.
+3. ``_dispatch`` makes the very calls the wrapped optimizer (``self.base``) would get from
+   MXNet alone -- same order, same multi-tensor groups -- with blocks standing in for masked
+   parameters; unmasked parameters pass through untouched.
+4. ``_Step.finish`` blends fractional scales and scatters each block back into its weight
+   (and a full-size state, when one was handed over).
 
 The wrapper keeps no optimizer settings of its own: learning rate, ``rescale_grad``, ``wd``,
 ``idx2name``, ``param_dict``, multipliers and update counts live in the wrapped optimizer, and
