@@ -17,7 +17,8 @@ GPU), and they are made once per context by :class:`BlockPlan` and reused every 
 dense path gathers the weight block into a buffer the plan keeps (``out=``) instead of
 allocating a block-sized array every step. The row_sparse path (:class:`SparseStep`) adds
 ``Embedding`` (a lookup into the row_sparse gradient: FComputeEx on CPU and GPU, with an
-in-op bound check on GPU) and reads the gradient's row ids on the host once per step.
+in-op bound check on GPU) and ``slice_axis`` (a contiguous column range of whole rows), and
+reads the gradient's row ids on the host once per step.
 """
 import numpy as np
 from mxnet import ndarray as nd
@@ -107,6 +108,9 @@ class BlockPlan:
             self._slice = (begin, end)
         self._buffers = {}   # dense path: 'weight' -> block-shaped array reused every step
         self._take_cols = None if self.all_cols else upload(col_ids)  # also for SparseStep
+        # A contiguous column range is cut from whole rows with slice_axis (take_cols).
+        self._col_range = (None if self.all_cols or not _contiguous(col_ids)
+                           else (int(col_ids[0]), int(col_ids[-1]) + 1))
         self._take_rows = self._scatter_index = None
         if self._slice is None and not self.empty:
             self._take_rows = None if self.all_rows else upload(row_ids)
@@ -169,6 +173,9 @@ class BlockPlan:
         """Keep the trainable columns of an array of whole rows."""
         if self._take_cols is None:
             return rows
+        if self._col_range is not None:
+            return nd.slice_axis(rows, axis=1, begin=self._col_range[0],
+                                 end=self._col_range[1])
         return nd.take(rows, self._take_cols, axis=1, mode='clip')
 
     # The dense path updates the block state in place, so it needs no view or write-back.
