@@ -85,7 +85,12 @@ def interleaved(steps, rounds=5, min_seconds=0.3, max_steps=50, log=None, fixed_
 
 
 def peak_rss_bytes():
-    """Peak resident set size of this process so far, in bytes (Linux reports KiB).
+    """Peak resident set size of this process so far, in bytes.
+
+    Read from ``VmHWM`` in ``/proc/self/status``: it belongs to the process's own memory map.
+    (``getrusage``'s ``ru_maxrss`` is not usable for a child: Linux folds the parent's peak at
+    ``fork`` into it across ``exec``, so every child would report at least its parent's peak.)
+    Falls back to ``ru_maxrss`` where there is no ``/proc``.
 
     Examples
     --------
@@ -93,7 +98,31 @@ def peak_rss_bytes():
     >>> peak_rss_bytes() > 0
     True
     """
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss():
+    """Reset this process's peak RSS to its current RSS (Linux ``clear_refs``), if possible.
+
+    Examples
+    --------
+    >>> from benchmarks.harness import peak_rss_bytes, reset_peak_rss
+    >>> reset_peak_rss() in (True, False)
+    True
+    """
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
 
 
 def peak_rss_of(module, config, timeout=900):
