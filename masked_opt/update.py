@@ -291,7 +291,12 @@ class SparseStep:
         # gradient), so uploads are few and cheap (_upload) and skipped where an array exists.
         self._rows_np = rows
         self._rows64_nd = None   # made on first use: only row_sparse weights need it
-        self._rows32 = _upload(rows, ctx, np.int32)
+        # One upload for the rows and their block positions (views of it: no engine op).
+        lazy_all_rows = plan.all_rows and lazy          # then positions == row ids
+        packed = _upload(rows[None] if lazy_all_rows else np.stack([rows, self._pos_np]), ctx,
+                         np.int32)
+        self._rows32 = packed[0]
+        self._pos = self._rows32 if lazy_all_rows else packed[1]
         if not lazy:
             g_rows = nd.sparse.retain(grad, plan._rows64).data
         elif len(plan.shape) == 2:
@@ -303,8 +308,6 @@ class SparseStep:
             g_rows = grad.data
         else:
             g_rows = nd.take(grad.data, _upload(keep, ctx, np.int32), axis=0)
-        self._pos = (self._rows32 if plan.all_rows and lazy
-                     else _upload(self._pos_np, ctx, np.int32))
         self._pos_index = self._pos.reshape((1, -1))
         self._grad = plan.take_cols(g_rows)
         cols = plan.col_ids
