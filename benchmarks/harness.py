@@ -148,6 +148,50 @@ def peak_rss_of(module, config, timeout=900):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# Profiler entries that are engine bookkeeping, not work of the step.
+_ENGINE_ENTRIES = {'ResourceParallelRandomSetSeed', 'DeleteVariable'}
+
+
+def profile_ops(step, n, top=5):
+    """MXNet's profiler over ``n`` calls of ``step``: the operators that took the most time.
+
+    Returns ``[(operator, calls, total ms)]``, most expensive first (aggregate statistics of
+    ``mx.profiler``; a fused backward segment is one entry, named by its operators).
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> from benchmarks.harness import profile_ops
+    >>> a = mx.nd.ones((100, 100))
+    >>> [(name, calls) for name, calls, ms in profile_ops(lambda: mx.nd.dot(a, a), 3)]
+    [('dot', 3)]
+    """
+    import tempfile
+    mx.nd.waitall()
+    with tempfile.TemporaryDirectory() as tmp:
+        mx.profiler.set_config(profile_all=True, aggregate_stats=True,
+                               filename=tmp + '/profile.json')
+        mx.profiler.set_state('run')
+        for _ in range(n):
+            step()
+        mx.nd.waitall()
+        mx.profiler.set_state('stop')
+        text = mx.profiler.dumps(reset=True)
+    rows, section = [], None
+    for line in text.splitlines():
+        if line.strip() and set(line.strip()) == {'='}:
+            continue
+        if line and not line.startswith((' ', '\t', 'Name', '----')) and len(line.split()) == 1:
+            section = line.strip()
+            continue
+        parts = line.split()
+        if section == 'operator' and len(parts) >= 6 and not line.startswith(('Name', '----')):
+            name = ' '.join(parts[:-5])
+            if name not in _ENGINE_ENTRIES:
+                rows.append((name, int(parts[-5]), float(parts[-4])))
+    return sorted(rows, key=lambda r: -r[2])[:top]
+
+
 def gib(n_bytes):
     """Format bytes as GiB with two decimals.
 

@@ -3,8 +3,9 @@
 The forum's model with ``n_items`` = 10M book rows (the table that grew; its last 1% train) and
 100k member rows, against the same with 100k book rows, side by side in one process, Adam
 (wd = 0), batch 1024, a few hundred steps at 10M. To tell the cost that follows the table
-from the update's, each size is also timed for forward + backward alone and for the optimizer
-update alone (``Module.update`` on the last gradients).
+from the update's, each size is also timed for forward + backward alone, for the optimizer
+update alone (``Module.update`` on the last gradients) and for MXNet's sparse ``Embedding``
+backward alone (imperative), and MXNet's profiler lists the most expensive operators.
 
 Run: ``python -m benchmarks.scale [--quick]``.
 """
@@ -15,7 +16,7 @@ import mxnet as mx
 
 import masked_opt as mo
 
-from .harness import gib, interleaved, peak_rss_bytes, table
+from .harness import gib, interleaved, peak_rss_bytes, profile_ops, reset_peak_rss, table
 from .models import DATA_NAMES, LABEL_NAMES, batches, forum_mf
 from .training import OPTIMIZERS, n_old
 
@@ -43,7 +44,7 @@ def steps_for(cfg):
     --------
     >>> from benchmarks.scale import QUICK, steps_for
     >>> sorted(steps_for(QUICK))[:3]
-    ['fwd_bwd large', 'fwd_bwd small', 'step large']
+    ['emb_backward large', 'emb_backward small', 'fwd_bwd large']
     """
     out = {}
     for size in ('small', 'large'):
@@ -60,7 +61,29 @@ def steps_for(cfg):
         out['step ' + size] = step
         out['fwd_bwd ' + size] = fwd_bwd
         out['update ' + size] = mod.update
+        weight = mod._exec_group.execs[0].arg_dict['book_embedding_weight']
+        out['emb_backward ' + size] = _embedding_backward(weight, cfg['batch'])
     return out
+
+
+def _embedding_backward(weight, batch):
+    """MXNet's sparse Embedding backward alone, imperative (so the profiler sees it alone).
+
+    Runs on a copy-free view of the model's table: ``attach_grad`` only adds a row_sparse
+    gradient buffer to it.
+    """
+    from mxnet import autograd
+    rows, dim = weight.shape
+    table = weight.reshape(weight.shape)   # a second handle on the same memory
+    table.attach_grad(stype='row_sparse')
+    ids = mx.nd.array(mx.nd.random.randint(0, rows, (batch,)).asnumpy())
+
+    def step():
+        with autograd.record():
+            out = mx.nd.Embedding(ids, table, input_dim=rows, output_dim=dim,
+                                  sparse_grad=True)
+        out.backward()
+    return step
 
 
 def run(quick=False, log=print):
@@ -73,23 +96,31 @@ def run(quick=False, log=print):
     20000
     """
     cfg = QUICK if quick else FULL
+    reset_peak_rss()   # this run's peak, not the earlier parts' of `python -m benchmarks`
     steps = steps_for(cfg)
     res = interleaved(steps, rounds=cfg['rounds'], fixed_steps=cfg['steps_per_round'], log=log)
     res = {name: r['median'] for name, r in res.items()}
     rows = []
-    for what in ('step', 'fwd_bwd', 'update'):
+    for what in ('step', 'fwd_bwd', 'update', 'emb_backward'):
         small, large = res[what + ' small'], res[what + ' large']
         rows.append([what, '%.2f' % (small * 1e3), '%.2f' % (large * 1e3),
                      '%.2f' % (large / small)])
+    # Where the time goes at each size: MXNet's profiler over a few full steps.
+    profiles = {size: profile_ops(steps['step ' + size], 10) +
+                profile_ops(steps['emb_backward ' + size], 10, top=1)
+                for size in ('small', 'large')}
     results = {'rows': cfg['large'], 'small_rows': cfg['small'],
                'ratio': res['step large'] / res['step small'], 'peak_rss': peak_rss_bytes(),
-               'times': res}
+               'times': res, 'profiles': profiles}
     head = ['part of a step', 'ms at %d book rows' % cfg['small'],
             'ms at %d book rows' % cfg['large'], 'ratio']
     note = ('peak RSS of this process (both models): %s; steps at %d rows: %d'
             % (gib(results['peak_rss']), cfg['large'],
                2 + cfg['rounds'] * cfg['steps_per_round']))
-    return {'results': results, 'markdown': table(head, rows) + '\n\n' + note}
+    prof = table(['book rows', 'operator (MXNet profiler, 10 steps)', 'calls', 'total ms'],
+                 [[cfg[size], '`%s`' % name, calls, '%.1f' % ms]
+                  for size in ('small', 'large') for name, calls, ms in profiles[size]])
+    return {'results': results, 'markdown': '\n\n'.join([table(head, rows), note, prof])}
 
 
 def main(argv=None):

@@ -21,7 +21,7 @@ from .models import ONE_HOT_MAX_ELEMENTS, one_hot_bytes
 from .training import METHODS, OPTIMIZERS, build
 
 FULL = {'sizes': [(100_000, 8), (100_000, 64), (1_000_000, 8), (1_000_000, 64)],
-        'batch': 1024, 'rounds': 5, 'min_seconds': 0.3,
+        'batch': 1024, 'rounds': 7, 'min_seconds': 1.0,
         'rss_sizes': [(1_000_000, 64), (100_000, 64)], 'rss_steps': 3}
 # --quick: one tiny setting timed in this process, and two RSS subprocesses (plain, masked
 # sparse rows) for Adam: it checks that everything runs, its numbers mean nothing.
