@@ -701,3 +701,23 @@ def test_host_sync_counter_counts(monkeypatch):
         mx.nd.ones((2, 2)).asnumpy()
         assert g.indices.shape == (1,)
     assert counts['MXNDArraySyncCopyToCPU'] >= 1 and counts['MXNDArrayGetAuxNDArray'] == 1
+
+
+def test_host_reads_per_trainer_step_are_one_per_masked_parameter(monkeypatch):
+    """Gluon Trainer.step with two masked row_sparse parameters: the row-id read twice, and
+    nothing else blocks (Trainer's own work included)."""
+    net = GluonMF(N_USERS, N_ITEMS, DIM, sparse_grad=True)
+    net.initialize(mx.init.Uniform(0.5))
+    trainer = gluon.Trainer(net.collect_params(), 'masked', {
+        'base': 'adam', 'learning_rate': 0.01,
+        'masks': {net.book.weight: mo.train_rows_from(N_OLD), net.user.weight: mo.train_cols([3])}})
+    for k, (member, book) in enumerate(_batches(seed=3)):
+        with autograd.record():
+            loss = (net(member, book) ** 2).sum()
+        loss.backward()
+        if k == 0:
+            trainer.step(BATCH)   # builds the plans
+            continue
+        with count_host_syncs(monkeypatch) as counts:
+            trainer.step(BATCH)
+        assert dict(counts) == {k: 2 * v for k, v in PER_STEP_DENSE_WEIGHT.items()}
