@@ -21,3 +21,12 @@ def assert_same_bits(before, after, what='array'):
     assert b.shape == a.shape, '%s: shape %s became %s' % (what, b.shape, a.shape)
     diff = np.count_nonzero(b != a)
     assert diff == 0, '%s: %d of %d entries changed bits' % (what, diff, b.size)
+
+
+def state_arrays(state):
+    """The NDArrays of a (possibly nested) optimizer state, in order."""
+    if hasattr(state, 'asnumpy'):
+        return [state]
+    if isinstance(state, (list, tuple)):
+        return [a for s in state for a in state_arrays(s)]
+    return []

@@ -23,7 +23,7 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import assert_same_bits, changed_bits
+from bits import assert_same_bits, changed_bits, state_arrays
 
 import masked_opt as mo
 
@@ -158,15 +158,6 @@ class Layout:
         raise AssertionError('%s: no rule for a state of shape %s' % (self.name, a_shape))
 
 
-def arrays(state):
-    """The NDArrays of a (possibly nested) optimizer state, in order."""
-    if isinstance(state, mx.nd.NDArray):
-        return [state]
-    if isinstance(state, (list, tuple)):
-        return [a for s in state for a in arrays(s)]
-    return []
-
-
 def make_grads(layouts, steps, dtype, seed):
     """Clean gradients, and poisoned copies (NaN/±Inf at frozen entries), for every step.
 
@@ -263,7 +254,7 @@ def check_against_reference(layouts, w_start, w_masked, s_masked, w_ref, s_ref, 
         assert_same_bits(lay.block(w), w_ref[i], '%s trainable block vs oracle' % lay.name)
         assert changed_bits(lay.block(w), lay.block(w_start[i])) > 0, (
             '%s: the trainable block did not move in %d steps' % (lay.name, STEPS))
-        got, want = arrays(s_masked[i]), arrays(s_ref[i])
+        got, want = state_arrays(s_masked[i]), state_arrays(s_ref[i])
         assert len(got) == len(want), '%s: state has %d arrays, oracle %d' % (
             lay.name, len(got), len(want))
         for k, (a, b) in enumerate(zip(got, want, strict=True)):
@@ -381,7 +372,7 @@ def test_warm_full_size_state_keeps_frozen_state_entries(name, config, dtype, dr
     states = run_reference(base, weights, to_nd(warm))
 
     w_start = [w.asnumpy() for w in weights]
-    s_start = {i: [a.asnumpy() for a in arrays(s)] for i, s in states.items()}
+    s_start = {i: [a.asnumpy() for a in state_arrays(s)] for i, s in states.items()}
     ref = copy.deepcopy(base)   # continues exactly where the warm-up stopped
     w_ref = [mx.nd.array(w, dtype=dtype) for w in block_inputs(layouts, w_start)]
     s_ref = {}
@@ -405,7 +396,7 @@ def test_warm_full_size_state_keeps_frozen_state_entries(name, config, dtype, dr
     for i, lay in enumerate(layouts):
         if lay.masked:
             moved = [changed_bits(lay.block(a.asnumpy()), lay.block(b))
-                     for a, b in zip(arrays(states[i]), s_start[i], strict=True)]
+                     for a, b in zip(state_arrays(states[i]), s_start[i], strict=True)]
             assert not moved or any(moved), '%s: no state entry moved' % lay.name
 
 

@@ -13,7 +13,7 @@ multi_precision step.
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import assert_same_bits, changed_bits
+from bits import assert_same_bits, changed_bits, state_arrays
 from test_exact_all_optimizers import update_alone
 
 import masked_opt as mo
@@ -118,14 +118,6 @@ def run_pair(opt_name, config, dtype, steps=STEPS, seed=0):
                 ref_w[i] = blend(w_nd.asnumpy(), ref_w[i], s_b, dtype)
     return dict(w0=w0, weights=weights, states=updater.states, ss=ss, ids=ids, ref_w=ref_w,
                 ref_s=ref_s, ref_master=ref_master, masked=masked, ref=ref)
-
-
-def state_arrays(state):
-    if isinstance(state, mx.nd.NDArray):
-        return [state]
-    if isinstance(state, (list, tuple)):
-        return [a for s in state for a in state_arrays(s)]
-    return []
 
 
 @pytest.mark.parametrize('dtype', ['float32', 'float64'])

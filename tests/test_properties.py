@@ -23,7 +23,7 @@ import warnings
 
 import mxnet as mx
 import numpy as np
-from bits import assert_same_bits, changed_bits
+from bits import assert_same_bits, changed_bits, state_arrays
 from hypothesis import given
 from hypothesis import strategies as st
 from test_exact_all_optimizers import (
@@ -33,7 +33,6 @@ from test_exact_all_optimizers import (
     ONLY_2D,
     POISON,
     Layout,
-    arrays,
     update_alone,
 )
 from test_fraction import blend
@@ -259,7 +258,7 @@ def test_frozen_bits_and_block_matches_the_wrapped_optimizer(ex):
                 g = mx.nd.array(rng.normal(size=w.shape), dtype=dtype)
                 update_alone(base, i, w, g, states[i])
     w_start, q_start = weight.asnumpy(), q.asnumpy()
-    s_start = [a.asnumpy() for a in arrays(states[1])] if states else None
+    s_start = [a.asnumpy() for a in state_arrays(states[1])] if states else None
 
     # The oracle starts from the same point: a copy of the optimizer, the block of the state.
     empty = lay.row_ids.size == 0 or (lay.col_ids is not None and lay.col_ids.size == 0)
@@ -305,7 +304,7 @@ def test_frozen_bits_and_block_matches_the_wrapped_optimizer(ex):
     assert_same_bits(w_end[lay.frozen], w_start[lay.frozen], 'frozen weight entries')
     if empty:
         assert_same_bits(w_end, w_start, 'a fully frozen parameter')
-        for k, a in enumerate(arrays(states[1]) if s_start is not None else []):
+        for k, a in enumerate(state_arrays(states[1]) if s_start is not None else []):
             assert_same_bits(a, s_start[k], 'state[%d] of a fully frozen parameter' % k)
         return
     mx.random.seed(ex['seed'])
@@ -314,7 +313,7 @@ def test_frozen_bits_and_block_matches_the_wrapped_optimizer(ex):
                     mx.nd.array(lay.block(g_w), dtype=dtype))
     assert_same_bits(lay.block(w_end), replay.w, 'trainable block vs the wrapped optimizer')
     assert_same_bits(q, replay.q, 'the unmasked companion parameter')
-    got, want = arrays(states[1]), arrays(replay.states[1])
+    got, want = state_arrays(states[1]), state_arrays(replay.states[1])
     assert len(got) == len(want)
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
         a = a.asnumpy()

@@ -29,7 +29,7 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import as_bits, assert_same_bits
+from bits import as_bits, assert_same_bits, state_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import GluonMF, forum_mf, mf_iter, ratings
@@ -89,13 +89,6 @@ def test_every_registered_optimizer_is_covered():
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
-def state_arrays(state):
-    """The NDArrays of a (possibly nested) optimizer state, in order."""
-    if isinstance(state, mx.nd.NDArray):
-        return [state]
-    if isinstance(state, (list, tuple)):
-        return [a for s in state for a in state_arrays(s)]
-    return []
 
 
 def map_state(fn, state):

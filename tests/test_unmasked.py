@@ -12,8 +12,8 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import assert_same_bits
-from test_exact_all_optimizers import CONFIGS, arrays, params_for
+from bits import assert_same_bits, state_arrays
+from test_exact_all_optimizers import CONFIGS, params_for
 
 import masked_opt as mo
 
@@ -117,7 +117,7 @@ def _check_unmasked(params, w0, masked, alone):
         n_plain += 1
         assert_same_bits(w_m[i], w_a[i], '%s weight vs wrapped optimizer alone' % pname)
         assert (w_m[i].asnumpy() != w0[i]).any(), '%s did not train' % pname
-        for k, (a, b) in enumerate(zip(arrays(s_m[i]), arrays(s_a[i]), strict=True)):
+        for k, (a, b) in enumerate(zip(state_arrays(s_m[i]), state_arrays(s_a[i]), strict=True)):
             assert_same_bits(a, b, '%s state[%d]' % (pname, k))
     assert n_plain >= 1
 

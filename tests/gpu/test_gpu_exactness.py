@@ -13,7 +13,7 @@ aggregated (list) update exactly as in training.
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import as_bits, assert_same_bits, changed_bits
+from bits import as_bits, assert_same_bits, changed_bits, state_arrays
 from gpu_env import RUN, SKIP_REASON, device
 
 import masked_opt as mo
@@ -38,15 +38,6 @@ MASKS = {
     'rows_and_cols': mo.train_rows([0, 3, 11]) & mo.train_cols([0, 5]),
 }
 NAME = {'param_idx2name': {0: 'emb_weight'}}   # both end in _weight: the same wd_mult
-
-
-def _arrays(state):
-    """The NDArrays of a (possibly nested) optimizer state, in order."""
-    if isinstance(state, mx.nd.NDArray):
-        return [state]
-    if isinstance(state, (list, tuple)):
-        return [a for s in state for a in _arrays(s)]
-    return []
 
 
 def _updater(opt):
@@ -95,7 +86,8 @@ def test_frozen_bits_and_block_equals_separate_parameter(base, settings, mask):
     assert_same_bits(w0[frozen], after[frozen], 'frozen entries of %s' % base)
     assert_same_bits(w_alone, after[block], 'trainable block vs separate parameter')
     assert changed_bits(w0[block], after[block]) > 0
-    for mine, theirs in zip(_arrays(masked.states[0]), _arrays(alone.states[0]), strict=True):
+    for mine, theirs in zip(state_arrays(masked.states[0]), state_arrays(alone.states[0]),
+                            strict=True):
         assert mine.shape == theirs.shape == w_alone.shape   # state for the block only
         assert_same_bits(theirs, mine, 'optimizer state')
 
@@ -112,7 +104,7 @@ def test_warm_full_size_state_keeps_frozen_entries(base, settings):
         plain(0, mx.nd.array(rng.normal(size=SHAPE), ctx=ctx), w)
     state = plain.states[0]
     w_before = w.asnumpy()
-    state_before = [a.asnumpy() for a in _arrays(state)]
+    state_before = [a.asnumpy() for a in state_arrays(state)]
 
     # As after Trainer.load_states: the masked optimizer's Updater receives the warm state.
     masked = _updater(mo.Masked(base=base, masks={'emb_weight': mask}, **settings, **NAME))
@@ -121,7 +113,7 @@ def test_warm_full_size_state_keeps_frozen_entries(base, settings):
         masked(0, mx.nd.array(g, ctx=ctx), w)
 
     assert_same_bits(w_before[frozen], w.asnumpy()[frozen], 'frozen weight')
-    for before, after in zip(state_before, _arrays(state), strict=True):
+    for before, after in zip(state_before, state_arrays(state), strict=True):
         assert_same_bits(before[frozen], after.asnumpy()[frozen], 'frozen state entries')
         assert changed_bits(before[block], after.asnumpy()[block]) > 0
 
