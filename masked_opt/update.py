@@ -217,10 +217,7 @@ class BlockPlan:
         Computes ``new - (1 - s) * (new - old)`` in place in ``new``; entries with ``s == 1``
         keep the wrapped optimizer's result bit-for-bit.
         """
-        if self._keep is None:
-            return new
-        new -= nd.broadcast_mul(new - old, self._keep[np.dtype(new.dtype)])
-        return new
+        return _blend(new, old, self._keep)
 
     def _full_rows(self, full, rows64, block_rows):
         """Whole rows of ``full`` at ``rows64`` with the trainable columns replaced."""
@@ -363,7 +360,12 @@ class SparseStep:
 
     def blend(self, new, old):
         """As :meth:`BlockPlan.blend`, for the selected rows."""
-        if self._keep is None:
-            return new
-        new -= nd.broadcast_mul(new - old, self._keep[np.dtype(new.dtype)])
+        return _blend(new, old, self._keep)
+
+
+def _blend(new, old, keep):
+    """``new -= (1 - s) * (new - old)`` in place; ``keep`` maps a dtype to ``1 - s`` (or None)."""
+    if keep is None:
         return new
+    new -= nd.broadcast_mul(new - old, keep[np.dtype(new.dtype)])
+    return new
