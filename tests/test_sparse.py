@@ -287,15 +287,23 @@ def test_lazy_rows_equal_reference_loop(name, config):
             if np.any((rows > 0) & (rows < 1)):
                 rows = np.ceil(rows)   # fractions with multi_precision: see test_fraction.py
         setting = Setting((n_rows, dim), rows, cols, batches, dtype, seed)
-        weight, states = run_masked(name, kwargs, setting, driver)
         if all(x is None for x in setting.mask.resolve(setting.shape, NAME)):
             # A mask that trains everything leaves the parameter to the wrapped optimizer
-            # alone (C4): MXNet's own row_sparse semantics for it, bit for bit.
-            plain, plain_states = run_unmasked(name, kwargs, setting, driver)
+            # alone (C4): MXNet's own row_sparse semantics for it, bit for bit -- and its own
+            # failures (AdaGrad has no row_sparse kernel with wd > 0).
+            try:
+                plain, plain_states = run_unmasked(name, kwargs, setting, driver)
+            except mx.base.MXNetError as alone:
+                with pytest.raises(mx.base.MXNetError, match='Operator not implemented'):
+                    run_masked(name, kwargs, setting, driver)
+                assert 'Operator not implemented' in str(alone)
+                return
+            weight, states = run_masked(name, kwargs, setting, driver)
             assert_same_bits(plain, weight, 'all-trainable mask vs the optimizer alone')
             for k, (a, b) in enumerate(zip(plain_states, states, strict=True)):
                 assert_same_bits(a, b, 'state %d vs the optimizer alone' % k)
             return
+        weight, states = run_masked(name, kwargs, setting, driver)
         block, ref_states = run_reference(name, kwargs, setting)
 
         assert_same_bits(setting.w0[setting.frozen], weight[setting.frozen], 'frozen entries')
@@ -312,12 +320,15 @@ def test_lazy_rows_equal_reference_loop(name, config):
         absent = np.flatnonzero((rows > 0) & ~seen)
         assert_same_bits(setting.w0[absent], weight[absent], 'trainable rows never in a batch')
         # Trainable rows of a batch moved (the comparison means something). Not asked of
-        # float16 weights: a small step moves the float32 master copy but may round away.
+        # float16 weights: a small step moves the float32 master copy but may round away;
+        # nor of every row under LARS, whose trust ratio (eta 0.001) can shrink a row's step
+        # below half an ulp: there, some row must move.
         moved = np.flatnonzero((rows == 1) & seen)
         if moved.size and setting.C.size and dtype == np.float32:
             w_moved = weight[np.ix_(moved, setting.C)]
             w_start = setting.w0[np.ix_(moved, setting.C)]
-            assert np.all((as_bits(w_moved) != as_bits(w_start)).any(axis=1)), \
+            row_moved = (as_bits(w_moved) != as_bits(w_start)).any(axis=1)
+            assert (row_moved.any() if name == 'lars' else row_moved.all()), \
                 'a trainable row of a batch did not move'
 
     check()
