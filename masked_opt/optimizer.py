@@ -317,6 +317,9 @@ class Masked(mx_opt.Optimizer):
         # the parameter. Order and grouping matter: LBSGD reads the lr before counting the
         # update, LARS corrects momentum per call, SGLD draws noise in call order.
         plans = [self._plan(i, w) for i, w in zip(index, weight, strict=True)]
+        for k, plan in enumerate(plans):
+            if plan is not None:
+                self._check_state(plan, index[k], weight[k], state[k])
         size = group if group > 0 else 1
         for start in range(0, len(index), size):
             steps = [self._prepare(plans[k], index[k], weight[k], grad[k], state[k],
@@ -332,6 +335,13 @@ class Masked(mx_opt.Optimizer):
                 inner(steps[0].index, steps[0].weight, steps[0].grad, steps[0].state)
             for st in steps:
                 st.finish()
+
+    def _check_state(self, plan, index, weight, state):
+        """True when ``state`` was made for the whole weight; raise if the mask cannot cut it."""
+        if plan.empty or not _is_full_size(state, weight.shape, plan.block_shape):
+            return False
+        _check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
+        return True
 
     def _prepare(self, plan, index, weight, grad, state, multi_precision):
         """What the wrapped optimizer updates for one parameter this step, and how to finish.
@@ -356,8 +366,7 @@ class Masked(mx_opt.Optimizer):
             sel = plan
         w_block = sel.gather_weight(weight)   # dense path: into a buffer reused every step
         g_block = sel.gather_grad(grad)
-        if _is_full_size(state, weight.shape, plan.block_shape):
-            _check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
+        if self._check_state(plan, index, weight, state):
             view, store = sel.gather, sel.scatter      # state made for the whole weight
         else:
             view, store = sel.state_view, sel.state_store
@@ -456,7 +465,11 @@ def _is_full_size(state, full_shape, block_shape):
         return False
     arrays = []
     _map_state(arrays.append, state)
-    return any(a.shape == tuple(full_shape) for a in arrays)
+    # Weight-shaped arrays, or per-row ones (GroupAdaGrad's (V, 1) accumulator) when the
+    # block has fewer rows than the weight.
+    per_row = block_shape[0] != full_shape[0]
+    return any(a.shape == tuple(full_shape) or (per_row and a.shape[0] == full_shape[0])
+               for a in arrays)
 
 
 def _check_weight_shaped(state, shape, plan, name):

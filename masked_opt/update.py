@@ -207,7 +207,8 @@ class BlockPlan:
                                        out=full)
             return
         rows = self._scatter_index.shape[1]
-        nd._internal._scatter_set_nd(lhs=full, rhs=block.reshape((rows,) + self.shape[
+        # full.shape, not self.shape: a per-row state (V, 1) is scattered by rows like the weight.
+        nd._internal._scatter_set_nd(lhs=full, rhs=block.reshape((rows,) + full.shape[
             (1 if self.all_cols else 2):]), indices=self._scatter_index, shape=full.shape,
             out=full)
 
@@ -341,7 +342,7 @@ class SparseStep:
             _set_rows(full, self._rows64, self.plan._full_rows(full, self._rows64, rows))
             return
         n = self._scatter_index.shape[1]
-        nd._internal._scatter_set_nd(lhs=full, rhs=rows.reshape((n,) + self.plan.shape[
+        nd._internal._scatter_set_nd(lhs=full, rhs=rows.reshape((n,) + full.shape[
             (1 if self.plan.all_cols else 2):]), indices=self._scatter_index,
             shape=full.shape, out=full)
 
