@@ -85,3 +85,18 @@ class GluonMF(mx.gluon.HybridBlock):
 
     def hybrid_forward(self, F, member, book):
         return 1 - F.sum(self.user(member) * self.book(book), axis=1)
+
+
+class ForumBlock(mx.gluon.Block):
+    """The forum's model as a Gluon block whose parameters carry the Module names
+    (``member_embedding_weight``, ``book_embedding_weight``), so the same masks and checkpoints
+    serve both worlds."""
+
+    def __init__(self, n_users, n_items, latent_dim=8):
+        super().__init__(prefix='')
+        with self.name_scope():
+            self.member = mx.gluon.nn.Embedding(n_users, latent_dim, prefix='member_embedding_')
+            self.book = mx.gluon.nn.Embedding(n_items, latent_dim, prefix='book_embedding_')
+
+    def forward(self, u, i):
+        return 1 - (self.member(u) * self.book(i)).sum(axis=1)

@@ -16,7 +16,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, changed_bits
-from models import forum_mf, mf_iter, ratings
+from models import ForumBlock, forum_mf, mf_iter, ratings
 
 import masked_opt as mo
 from masked_opt import io
@@ -111,19 +111,8 @@ def test_module_adam_resume_without_update_count_differs(tmp_path):
     assert changed_bits(whole.get_params()[0][name], resumed.get_params()[0][name]) > 0
 
 
-class _MF(mx.gluon.Block):
-    def __init__(self):
-        super().__init__(prefix='')
-        with self.name_scope():
-            self.member = mx.gluon.nn.Embedding(N_USERS, DIM, prefix='member_embedding_')
-            self.book = mx.gluon.nn.Embedding(N_ITEMS, DIM, prefix='book_embedding_')
-
-    def forward(self, u, i):
-        return 1 - (self.member(u) * self.book(i)).sum(axis=1)
-
-
 def _gluon(base):
-    net = _MF()
+    net = ForumBlock(N_USERS, N_ITEMS, DIM)
     net.initialize()
     for name, value in _init().items():
         net.collect_params()[name].set_data(value)

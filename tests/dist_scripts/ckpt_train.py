@@ -18,7 +18,7 @@ import mxnet as mx
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from models import forum_mf, mf_iter, ratings  # noqa: E402
+from models import ForumBlock, forum_mf, mf_iter, ratings  # noqa: E402
 
 import masked_opt as mo  # noqa: E402
 from masked_opt import io  # noqa: E402
@@ -84,20 +84,9 @@ def run_module(folder, epochs, start, crash_after, crash_in_save):
     return {k: v.asnumpy() for k, v in mod.get_params()[0].items()}
 
 
-class MF(mx.gluon.Block):
-    def __init__(self):
-        super().__init__(prefix='')
-        with self.name_scope():
-            self.member = mx.gluon.nn.Embedding(N_USERS, DIM, prefix='member_embedding_')
-            self.book = mx.gluon.nn.Embedding(N_ITEMS, DIM, prefix='book_embedding_')
-
-    def forward(self, u, i):
-        return 1 - (self.member(u) * self.book(i)).sum(axis=1)
-
-
 def run_gluon(folder, epochs, start, crash_after, crash_in_save):
     prefix = os.path.join(folder, 'ckpt')
-    net = MF()
+    net = ForumBlock(N_USERS, N_ITEMS, DIM)
     net.initialize()
     trainer = mx.gluon.Trainer(net.collect_params(), 'masked',
                                {'base': 'sgd', 'learning_rate': 0.1, 'momentum': 0.9,
