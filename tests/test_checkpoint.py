@@ -60,6 +60,19 @@ def _params(base, begin_num_update=0):
                  'begin_num_update': begin_num_update}, **extra)
 
 
+def _train_two_epochs_and_reload(it, base, tmp_path):
+    """Train 2 epochs, save a checkpoint with optimizer states, load it into a bound Module."""
+    first = _module(it)
+    first.init_optimizer(optimizer='masked', optimizer_params=_params(base))
+    _train(first, it, 2)
+    prefix = str(tmp_path / 'mf')
+    first.save_checkpoint(prefix, 2, save_optimizer_states=True)
+    resumed = mx.mod.Module.load(prefix, 2, load_optimizer_states=True,
+                                 data_names=['member', 'book'], label_names=['label'])
+    resumed.bind(it.provide_data, it.provide_label)
+    return resumed
+
+
 @pytest.mark.parametrize('base', ['sgd', 'adam'])
 def test_module_resume_is_bit_identical(base, tmp_path):
     it = _iter()
@@ -68,15 +81,7 @@ def test_module_resume_is_bit_identical(base, tmp_path):
     whole.init_optimizer(optimizer='masked', optimizer_params=_params(base))
     _train(whole, it, 4)
 
-    first = _module(it)
-    first.init_optimizer(optimizer='masked', optimizer_params=_params(base))
-    _train(first, it, 2)
-    prefix = str(tmp_path / 'mf')
-    first.save_checkpoint(prefix, 2, save_optimizer_states=True)
-
-    resumed = mx.mod.Module.load(prefix, 2, load_optimizer_states=True,
-                                 data_names=['member', 'book'], label_names=['label'])
-    resumed.bind(it.provide_data, it.provide_label)
+    resumed = _train_two_epochs_and_reload(it, base, tmp_path)
     # Module's state file holds the states, not the update counts: Adam's bias correction
     # needs begin_num_update (documented in docs/howto/checkpoint.md).
     resumed.init_optimizer(optimizer='masked',
@@ -97,14 +102,7 @@ def test_module_adam_resume_without_update_count_differs(tmp_path):
     whole = _module(it)
     whole.init_optimizer(optimizer='masked', optimizer_params=_params('adam'))
     _train(whole, it, 3)
-    first = _module(it)
-    first.init_optimizer(optimizer='masked', optimizer_params=_params('adam'))
-    _train(first, it, 2)
-    prefix = str(tmp_path / 'mf')
-    first.save_checkpoint(prefix, 2, save_optimizer_states=True)
-    resumed = mx.mod.Module.load(prefix, 2, load_optimizer_states=True,
-                                 data_names=['member', 'book'], label_names=['label'])
-    resumed.bind(it.provide_data, it.provide_label)
+    resumed = _train_two_epochs_and_reload(it, 'adam', tmp_path)
     resumed.init_optimizer(optimizer='masked', optimizer_params=_params('adam'))
     _train(resumed, it, 1)
     name = 'book_embedding_weight'
