@@ -29,7 +29,8 @@ from mxnet.ndarray import NDArray
 
 from . import server as _server
 from .masks import as_mask
-from .update import BlockPlan, SparseStep
+from .native_step import block_ranges, choose_sparse_step
+from .update import BlockPlan
 
 __all__ = ['Masked']
 
@@ -38,6 +39,10 @@ __all__ = ['Masked']
 _FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'multi_precision',
               'lr_mult', 'wd_mult', 'sym_info', 'num_update', 'begin_num_update',
               '_index_update_count', '_all_index_update_counts')
+
+# The wrapper's own fields; every other attribute written on it that the wrapped optimizer
+# has is written there (Masked.__setattr__).
+_OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_server', '_dist'})
 
 # What the wrapper reports as its aggregate_num: large, so that MXNet's Updater hands it every
 # parameter of a step in one call. All masks are then resolved before any weight is written
@@ -183,6 +188,17 @@ class Masked(mx_opt.Optimizer):
             raise AttributeError(name)
         return getattr(self.base, name)
 
+    def __setattr__(self, name, value):
+        # Writes of the wrapped optimizer's hyper-parameters (``trainer.optimizer.momentum =
+        # 0.5``, beta1, epsilon, lazy_update, ...) must reach it: it does the arithmetic. Kept
+        # on the wrapper: its own fields and whatever the class defines (the forwarding
+        # properties run their setters); a name neither knows stays on the wrapper.
+        if (name in _OWN_FIELDS or hasattr(type(self), name) or 'base' not in self.__dict__
+                or not hasattr(self.base, name)):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.base, name, value)
+
     def _set_current_context(self, device_id):
         self.base._set_current_context(device_id)
 
@@ -233,7 +249,10 @@ class Masked(mx_opt.Optimizer):
     def _plan(self, index, weight):
         key = (index, weight.context)
         if key in self._plans:
-            return self._plans[key]
+            plan = self._plans[key]
+            if plan is not None and plan.shape != weight.shape:
+                self._stale_plan(index, plan, weight)
+            return plan
         if self.__dict__.get('_server') is not None:
             # On a dist kvstore server: flat arrays and shards (see server.py).
             plan = self._server.plan(self, index, weight)
@@ -255,6 +274,14 @@ class Masked(mx_opt.Optimizer):
         self._plans[key] = plan
         return plan
 
+    def _stale_plan(self, index, plan, weight):
+        raise ValueError(
+            'parameter %r has shape %s, but its mask was resolved for shape %s when the '
+            'optimizer first saw it: the parameter was resized (e.g. a table grown in place) '
+            'under a live optimizer, which would keep training the old block only. Create the '
+            'Trainer (or call Module.init_optimizer) again after growing.'
+            % (self._index_names.get(index, index), weight.shape, plan.shape))
+
     def _build_plan(self, name, weight, mask):
         if not np.issubdtype(np.dtype(weight.dtype), np.floating):
             raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
@@ -262,7 +289,9 @@ class Masked(mx_opt.Optimizer):
         rows, cols = mask.resolve(weight.shape, name)
         if rows is None and cols is None:
             return None  # the mask trains everything: the wrapped optimizer alone
-        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
+        plan = BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
+        plan.native_ranges = block_ranges(plan, weight.dtype)
+        return plan
 
     # ---- states ----
     @_server.loud_in_kvstore
@@ -357,8 +386,11 @@ class Masked(mx_opt.Optimizer):
             return None
         # `sel` says which entries this step reads and writes: the whole block for a dense
         # gradient, the block's rows present in a row_sparse gradient otherwise (lazy).
+        full_state = self._check_state(plan, index, weight, state)
         if grad.stype == 'row_sparse':
-            sel = SparseStep(plan, grad, lazy=getattr(self.base, 'lazy_update', True))
+            # The native lazy-kernel strategy where it applies, else the pure SparseStep.
+            sel = choose_sparse_step(plan, weight, grad, self.base, full_state=full_state,
+                                     multi_precision=multi_precision)
             if sel.empty:
                 self.base._update_count(index)
                 return None
@@ -366,7 +398,7 @@ class Masked(mx_opt.Optimizer):
             sel = plan
         w_block = sel.gather_weight(weight)   # dense path: into a buffer reused every step
         g_block = sel.gather_grad(grad)
-        if self._check_state(plan, index, weight, state):
+        if full_state:
             view, store = sel.gather, sel.scatter      # state made for the whole weight
         else:
             view, store = sel.state_view, sel.state_store
