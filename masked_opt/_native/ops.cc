@@ -1,0 +1,343 @@
+/*
+ * masked_opt native operators: an MXNet (1.9.x) extension library, loaded with
+ * mx.library.load(path). Built against the installed mxnet wheel's include/mxnet/lib_api.h,
+ * compiled together with that wheel's src/lib_api.cc (see setup.py); no MXNet source here.
+ *
+ * Three CPU operators move a contiguous trainable block [lo, hi) x [c0, c1) of an embedding
+ * table between a row_sparse gradient, a dense block and the table, without a host read:
+ * they run on MXNet's engine like any FComputeEx operator, so the row ids stay on the
+ * engine's side.
+ *
+ *   masked_opt_rsp_block(grad; lo, hi, c0, c1)          rsp (V, D) -> rsp (hi-lo, c1-c0)
+ *   masked_opt_gather_rows(weight, gblock; c0)          dense (R, D), rsp (R, k) -> dense (R, k)
+ *   masked_opt_scatter_rows(weight, block, gblock; c0)  dense (R, D), dense (R, k), rsp (R, k)
+ *                                                       -> dense (R, D); in place with out=weight
+ *
+ * Every value is moved with memcpy: bit for bit, whatever the dtype (float16/32/64), NaN
+ * payloads, infinities and -0.0 included.
+ */
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+using namespace mxnet::ext;
+
+// Bump on every change of an operator's name, signature or semantics: the Python loader
+// (masked_opt/native.py) refuses a library whose number differs from its own (a stale build).
+#define MASKED_OPT_OPS_ABI 1
+
+extern "C" __attribute__((visibility("default"))) int masked_opt_ops_abi() {
+  return MASKED_OPT_OPS_ABI;
+}
+
+namespace {
+
+typedef std::unordered_map<std::string, std::string> Attrs;
+typedef std::vector<std::vector<unsigned int> > Shapes;
+
+// Parse attribute `key` as a non-negative integer; false (with a message) if absent or bad.
+bool get_index(const Attrs& attrs, const char* op, const char* key, int64_t* out) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    MX_ERROR_MSG << op << ": missing integer attribute '" << key << "'";
+    return false;
+  }
+  const char* s = it->second.c_str();
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < 0) {
+    MX_ERROR_MSG << op << ": attribute '" << key << "' must be an integer >= 0, got '"
+                 << it->second << "'";
+    return false;
+  }
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+bool is_float_type(int t) { return t == kFloat16 || t == kFloat32 || t == kFloat64; }
+
+size_t elem_size(int t) { return t == kFloat16 ? 2 : (t == kFloat32 ? 4 : 8); }
+
+bool check_2d(const Shapes& s, size_t i, const char* op, const char* what) {
+  if (s.at(i).size() != 2) {
+    MX_ERROR_MSG << op << ": " << what << " must be 2-D, got " << s.at(i).size() << "-D";
+    return false;
+  }
+  return true;
+}
+
+bool check_float(const std::vector<int>& t, size_t i, const char* op, const char* what) {
+  if (!is_float_type(t.at(i))) {
+    MX_ERROR_MSG << op << ": " << what << " must be float16, float32 or float64 (dtype code "
+                 << t.at(i) << ")";
+    return false;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------- masked_opt_rsp_block
+const char* kBlock = "masked_opt_rsp_block";
+
+MXReturnValue block_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 1;
+  *num_out = 1;
+  int64_t lo, hi, c0, c1;
+  if (!get_index(attrs, kBlock, "lo", &lo) || !get_index(attrs, kBlock, "hi", &hi) ||
+      !get_index(attrs, kBlock, "c0", &c0) || !get_index(attrs, kBlock, "c1", &c1))
+    return MX_FAIL;
+  if (lo >= hi || c0 >= c1) {
+    MX_ERROR_MSG << kBlock << ": need lo < hi and c0 < c1, got lo=" << lo << " hi=" << hi
+                 << " c0=" << c0 << " c1=" << c1;
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  if (!check_float(*in, 0, kBlock, "grad")) return MX_FAIL;
+  out->at(0) = in->at(0);
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_stype(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  if (in->at(0) != kRowSparseStorage) {
+    MX_ERROR_MSG << kBlock << ": grad must be row_sparse";
+    return MX_FAIL;
+  }
+  out->at(0) = kRowSparseStorage;
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
+  if (!check_2d(*in, 0, kBlock, "grad")) return MX_FAIL;
+  int64_t lo, hi, c0, c1;
+  get_index(attrs, kBlock, "lo", &lo);
+  get_index(attrs, kBlock, "hi", &hi);
+  get_index(attrs, kBlock, "c0", &c0);
+  get_index(attrs, kBlock, "c1", &c1);
+  const int64_t V = in->at(0)[0], D = in->at(0)[1];
+  if (!(0 <= lo && lo < hi && hi <= V && 0 <= c0 && c0 < c1 && c1 <= D)) {
+    MX_ERROR_MSG << kBlock << ": need 0 <= lo < hi <= V and 0 <= c0 < c1 <= D for grad of shape ("
+                 << V << ", " << D << "), got lo=" << lo << " hi=" << hi << " c0=" << c0
+                 << " c1=" << c1;
+    return MX_FAIL;
+  }
+  out->at(0) = {static_cast<unsigned int>(hi - lo), static_cast<unsigned int>(c1 - c0)};
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                            std::vector<MXTensor>* outputs, const OpResource& res) {
+  int64_t lo, hi, c0, c1;
+  if (!get_index(attrs, kBlock, "lo", &lo) || !get_index(attrs, kBlock, "hi", &hi) ||
+      !get_index(attrs, kBlock, "c0", &c0) || !get_index(attrs, kBlock, "c1", &c1))
+    return MX_FAIL;
+  MXTensor& src = inputs->at(0);
+  MXTensor& dst = outputs->at(0);
+  MXSparse* A = src.data<MXSparse>();
+  MXSparse* B = dst.data<MXSparse>();
+  const int64_t D = src.shape[1];
+  const int64_t k = c1 - c0;
+  const size_t es = elem_size(src.dtype);
+  // Sorted unique ids (MXNet's row_sparse invariant): the kept rows are one run [b, e).
+  const int64_t* ids = A->indices;
+  const int64_t* b = std::lower_bound(ids, ids + A->indices_len, lo);
+  const int64_t* e = std::lower_bound(b, ids + A->indices_len, hi);
+  const int64_t n = e - b;
+  // Always allocate, also for n == 0: the output is then a valid empty row_sparse array.
+  res.alloc_sparse(B, 0, static_cast<int>(n));
+  const char* sdata = static_cast<const char*>(A->data);
+  char* ddata = static_cast<char*>(B->data);
+  const int64_t first = b - ids;
+  for (int64_t j = 0; j < n; ++j) {
+    B->indices[j] = ids[first + j] - lo;
+    std::memcpy(ddata + j * k * es, sdata + ((first + j) * D + c0) * es, k * es);
+  }
+  return MX_SUCCESS;
+}
+
+// ---------------------------------------------------------------- masked_opt_gather_rows
+const char* kGather = "masked_opt_gather_rows";
+
+MXReturnValue gather_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 2;
+  *num_out = 1;
+  int64_t c0;
+  return get_index(attrs, kGather, "c0", &c0) ? MX_SUCCESS : MX_FAIL;
+}
+
+// weight and the row_sparse block share one dtype (the block's values are not read).
+MXReturnValue same_float_types(const char* op, std::vector<int>* in, std::vector<int>* out) {
+  if (!check_float(*in, 0, op, "weight")) return MX_FAIL;
+  for (size_t i = 1; i < in->size(); ++i) {
+    if (in->at(i) != in->at(0)) {
+      MX_ERROR_MSG << op << ": input " << i << " has dtype code " << in->at(i)
+                   << ", weight has " << in->at(0) << " (all inputs must share one dtype)";
+      return MX_FAIL;
+    }
+  }
+  out->at(0) = in->at(0);
+  return MX_SUCCESS;
+}
+
+MXReturnValue gather_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  return same_float_types(kGather, in, out);
+}
+
+MXReturnValue gather_stype(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  if (in->at(0) != kDefaultStorage || in->at(1) != kRowSparseStorage) {
+    MX_ERROR_MSG << kGather << ": need a dense weight and a row_sparse gblock";
+    return MX_FAIL;
+  }
+  out->at(0) = kDefaultStorage;
+  return MX_SUCCESS;
+}
+
+// Shared by gather and scatter: weight (R, D) at input 0, gblock (R, k) at input `g`.
+bool rows_shape(const char* op, const Attrs& attrs, const Shapes& in, size_t g, int64_t* k) {
+  if (!check_2d(in, 0, op, "weight") || !check_2d(in, g, op, "gblock")) return false;
+  int64_t c0;
+  if (!get_index(attrs, op, "c0", &c0)) return false;
+  const int64_t R = in[0][0], D = in[0][1];
+  *k = in[g][1];
+  if (in[g][0] != in[0][0] || c0 + *k > D) {
+    MX_ERROR_MSG << op << ": gblock of shape (" << in[g][0] << ", " << *k
+                 << ") does not fit weight of shape (" << R << ", " << D << ") at column c0="
+                 << c0 << " (need the same rows and c0 + k <= D)";
+    return false;
+  }
+  return true;
+}
+
+MXReturnValue gather_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
+  int64_t k;
+  if (!rows_shape(kGather, attrs, *in, 1, &k)) return MX_FAIL;
+  out->at(0) = {in->at(0)[0], static_cast<unsigned int>(k)};
+  return MX_SUCCESS;
+}
+
+bool check_ids(const char* op, const MXSparse* G, int64_t R) {
+  for (int64_t j = 0; j < G->indices_len; ++j) {
+    if (G->indices[j] < 0 || G->indices[j] >= R) {
+      MX_ERROR_MSG << op << ": gblock row id " << G->indices[j] << " outside [0, " << R << ")";
+      return false;
+    }
+  }
+  return true;
+}
+
+MXReturnValue gather_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                             std::vector<MXTensor>* outputs, const OpResource&) {
+  int64_t c0;
+  if (!get_index(attrs, kGather, "c0", &c0)) return MX_FAIL;
+  MXTensor& w = inputs->at(0);
+  MXSparse* G = inputs->at(1).data<MXSparse>();
+  MXTensor& out = outputs->at(0);
+  const int64_t R = w.shape[0], D = w.shape[1], k = out.shape[1];
+  const size_t es = elem_size(w.dtype);
+  if (!check_ids(kGather, G, R)) return MX_FAIL;
+  const char* src = static_cast<const char*>(w.data_ptr);
+  char* dst = static_cast<char*>(out.data_ptr);
+  for (int64_t j = 0; j < G->indices_len; ++j) {
+    const int64_t r = G->indices[j];
+    std::memcpy(dst + r * k * es, src + (r * D + c0) * es, k * es);
+  }
+  return MX_SUCCESS;
+}
+
+// ---------------------------------------------------------------- masked_opt_scatter_rows
+const char* kScatter = "masked_opt_scatter_rows";
+
+MXReturnValue scatter_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  *num_in = 3;
+  *num_out = 1;
+  int64_t c0;
+  return get_index(attrs, kScatter, "c0", &c0) ? MX_SUCCESS : MX_FAIL;
+}
+
+MXReturnValue scatter_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  return same_float_types(kScatter, in, out);
+}
+
+MXReturnValue scatter_stype(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  if (in->at(0) != kDefaultStorage || in->at(1) != kDefaultStorage ||
+      in->at(2) != kRowSparseStorage) {
+    MX_ERROR_MSG << kScatter << ": need a dense weight, a dense block and a row_sparse gblock";
+    return MX_FAIL;
+  }
+  out->at(0) = kDefaultStorage;
+  return MX_SUCCESS;
+}
+
+MXReturnValue scatter_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
+  int64_t k;
+  if (!rows_shape(kScatter, attrs, *in, 2, &k)) return MX_FAIL;
+  if (!check_2d(*in, 1, kScatter, "block")) return MX_FAIL;
+  if (in->at(1) != in->at(2)) {
+    MX_ERROR_MSG << kScatter << ": block of shape (" << in->at(1)[0] << ", " << in->at(1)[1]
+                 << ") must have gblock's shape (" << in->at(2)[0] << ", " << in->at(2)[1] << ")";
+    return MX_FAIL;
+  }
+  out->at(0) = in->at(0);
+  return MX_SUCCESS;
+}
+
+MXReturnValue scatter_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                              std::vector<MXTensor>* outputs, const OpResource&) {
+  int64_t c0;
+  if (!get_index(attrs, kScatter, "c0", &c0)) return MX_FAIL;
+  MXTensor& w = inputs->at(0);
+  MXTensor& blk = inputs->at(1);
+  MXSparse* G = inputs->at(2).data<MXSparse>();
+  MXTensor& out = outputs->at(0);
+  const int64_t R = w.shape[0], D = w.shape[1], k = blk.shape[1];
+  const size_t es = elem_size(w.dtype);
+  if (!check_ids(kScatter, G, R)) return MX_FAIL;
+  char* dst = static_cast<char*>(out.data_ptr);
+  // out=weight (the in-place call) hands the op the same memory as input and output; any other
+  // output first receives a copy of weight (the functional form, O(R x D)).
+  if (out.data_ptr != w.data_ptr)
+    std::memmove(dst, w.data_ptr, static_cast<size_t>(R * D) * es);
+  const char* src = static_cast<const char*>(blk.data_ptr);
+  for (int64_t j = 0; j < G->indices_len; ++j) {
+    const int64_t r = G->indices[j];
+    std::memcpy(dst + (r * D + c0) * es, src + r * k * es, k * es);
+  }
+  return MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(masked_opt_rsp_block)
+    .setForward(block_forward, "cpu")
+    .setParseAttrs(block_parse)
+    .setInferType(block_type)
+    .setInferSType(block_stype)
+    .setInferShape(block_shape);
+
+REGISTER_OP(masked_opt_gather_rows)
+    .setForward(gather_forward, "cpu")
+    .setParseAttrs(gather_parse)
+    .setInferType(gather_type)
+    .setInferSType(gather_stype)
+    .setInferShape(gather_shape);
+
+REGISTER_OP(masked_opt_scatter_rows)
+    .setForward(scatter_forward, "cpu")
+    .setParseAttrs(scatter_parse)
+    .setInferType(scatter_type)
+    .setInferSType(scatter_stype)
+    .setInferShape(scatter_shape);
+
+MXReturnValue initialize(int version) {
+  if (version >= 10900) return MX_SUCCESS;
+  MX_ERROR_MSG << "masked_opt native ops need MXNet >= 1.9.0, this is version " << version;
+  return MX_FAIL;
+}
