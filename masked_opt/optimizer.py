@@ -21,10 +21,12 @@ The wrapper keeps no optimizer settings of its own: learning rate, ``rescale_gra
 the properties below forward them, because Module and Trainer set them on the object they were
 given (see ``_FORWARDED``).
 """
+import ctypes
 import fnmatch
 
 import numpy as np
 from mxnet import optimizer as mx_opt
+from mxnet.base import _LIB, check_call
 from mxnet.ndarray import NDArray
 
 from . import server as _server
@@ -42,7 +44,8 @@ _FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'mult
 
 # The wrapper's own fields; every other attribute written on it that the wrapped optimizer
 # has is written there (Masked.__setattr__).
-_OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_server', '_dist'})
+_OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_arrays', '_server',
+                         '_dist'})
 
 # What the wrapper reports as its aggregate_num: large, so that MXNet's Updater hands it every
 # parameter of a step in one call. All masks are then resolved before any weight is written
@@ -248,6 +251,8 @@ class Masked(mx_opt.Optimizer):
     # ---- plans: the mask materialised for one parameter on one context ----
     def _plan(self, index, weight):
         key = (index, weight.context)
+        if not isinstance(index, str) and weight.stype == 'default':
+            self._check_identity(key, weight)
         if key in self._plans:
             plan = self._plans[key]
             if plan is not None and plan.shape != weight.shape:
@@ -273,6 +278,35 @@ class Masked(mx_opt.Optimizer):
                 plan = self._build_plan(name, weight, self.masks[mask_key])
         self._plans[key] = plan
         return plan
+
+    def _check_identity(self, key, weight):
+        """Refuse a position that now holds another parameter's array.
+
+        Module and Trainer name parameters by position (``idx2name``), and MXNet's Updater
+        keys optimizer states by position too. A ``BucketingModule`` whose buckets have other
+        parameter lists (a bucket without one layer) shifts the positions: the masks and
+        states of one parameter would meet another parameter's weight. The weight's memory
+        address (shared by every bucket, read without a sync) tells: an address first seen at
+        another position is that other parameter. An address never seen is accepted (an array
+        reallocated in place of the old one, e.g. ``Parameter.reset_ctx``).
+        """
+        arrays = self.__dict__.setdefault('_arrays', {})   # key -> address, address -> key
+        address = (_data_address(weight), weight.context)
+        seen = arrays.get(key)
+        if seen == address:
+            return
+        owner = arrays.get(address)
+        if owner is not None and owner != key:
+            names = self._index_names
+            raise ValueError(
+                'parameter position %r now holds the array first seen at position %r (%r), '
+                'where %r was expected. The optimizer is shared by modules whose parameter '
+                'lists differ (a BucketingModule whose buckets have different parameters): '
+                'MXNet keys masks and optimizer states by position, so parameters would get '
+                "each other's masks and states. Give every bucket the same parameter list."
+                % (key[0], owner[0], names.get(owner[0]), names.get(key[0])))
+        arrays.pop(seen, None)
+        arrays[key], arrays[address] = address, key
 
     def _stale_plan(self, index, plan, weight):
         raise ValueError(
@@ -427,6 +461,7 @@ class Masked(mx_opt.Optimizer):
     def __getstate__(self):
         state = dict(self.__dict__)
         state['_plans'] = {}  # device arrays are rebuilt on whichever process unpickles
+        state.pop('_arrays', None)   # addresses of this process's arrays (_check_identity)
         state.pop('_server', None)
         if _server.pickling_for_servers():
             state['_dist'] = _server.capture(self)  # names, full shapes: servers see flat keys
@@ -461,6 +496,13 @@ class _Step:
 for _name in _FORWARDED:
     setattr(Masked, _name, _forward(_name))
 del _name
+
+
+def _data_address(array):
+    """The address of an NDArray's memory (MXNDArrayGetData: no wait, no copy)."""
+    address = ctypes.c_void_p()
+    check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(address)))
+    return address.value
 
 
 def _key_name(key):

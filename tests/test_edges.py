@@ -93,3 +93,72 @@ def test_table_grown_under_a_live_trainer_is_refused():
     with pytest.raises(ValueError, match=r'shape \(14, 4\).*\(10, 4\).*after growing'):
         step()
     assert_same_bits(before, net.weight.data(), 'weight after the refused step')
+
+
+# ---- BucketingModule: buckets with different parameter lists ----
+
+def _bucket_sym(key):
+    """Bucket 1 runs the member vectors through a layer first; bucket 0 has no such layer, so
+    'book_embedding_weight' sits at position 3 in bucket 1 and at position 1 in bucket 0."""
+    user = mx.sym.Embedding(mx.sym.Variable('member'), input_dim=20, output_dim=4,
+                            name='member_embedding')
+    if key == 1:
+        user = mx.sym.FullyConnected(user, num_hidden=4, name='fc')
+    book = mx.sym.Embedding(mx.sym.Variable('book'), input_dim=16, output_dim=4,
+                            name='book_embedding')
+    pred = mx.sym.sum_axis(user * book, axis=1)
+    return (mx.sym.LinearRegressionOutput(pred, mx.sym.Variable('label')), ('member', 'book'),
+            ('label',))
+
+
+def _bucket_batch(rng, key):
+    from mxnet.io import DataBatch, DataDesc
+    return DataBatch([mx.nd.array(rng.randint(0, 20, 8)), mx.nd.array(rng.randint(0, 16, 8))],
+                     [mx.nd.array(rng.rand(8))], bucket_key=key,
+                     provide_data=[DataDesc('member', (8,)), DataDesc('book', (8,))],
+                     provide_label=[DataDesc('label', (8,))])
+
+
+@pytest.mark.parametrize('order', [(1, 0), (0, 1)])
+def test_bucketing_module_with_shifted_parameters_is_refused(order):
+    from mxnet.io import DataDesc
+    mod = mx.mod.BucketingModule(_bucket_sym, default_bucket_key=1)
+    mod.bind(data_shapes=[DataDesc('member', (8,)), DataDesc('book', (8,))],
+             label_shapes=[DataDesc('label', (8,))])
+    mod.init_params()
+    mod.init_optimizer(optimizer='masked', optimizer_params={
+        'base': 'sgd', 'learning_rate': 0.1,
+        'masks': {'book_embedding_weight': mo.train_rows_from(12)}})
+    rng = np.random.RandomState(0)
+    mod.forward(_bucket_batch(rng, order[0]))
+    mod.backward()
+    mod.update()
+    before = {k: v.copy() for k, v in mod.get_params()[0].items()}
+    mod.forward(_bucket_batch(rng, order[1]))
+    mod.backward()
+    with pytest.raises(ValueError, match='Give every bucket the same parameter list'):
+        mod.update()
+    after = mod.get_params()[0]
+    for name, value in before.items():
+        assert_same_bits(value, after[name], name)
+
+
+def test_bucketing_module_with_the_same_parameters_trains_masked():
+    """Control: buckets that share the parameter list keep the positions; masks hold."""
+    from mxnet.io import DataDesc
+    mod = mx.mod.BucketingModule(lambda key: _bucket_sym(1), default_bucket_key=1)
+    mod.bind(data_shapes=[DataDesc('member', (8,)), DataDesc('book', (8,))],
+             label_shapes=[DataDesc('label', (8,))])
+    mod.init_params()
+    mod.init_optimizer(optimizer='masked', optimizer_params={
+        'base': 'sgd', 'learning_rate': 0.1,
+        'masks': {'book_embedding_weight': mo.train_rows_from(12)}})
+    start = mod.get_params()[0]['book_embedding_weight'].copy()
+    rng = np.random.RandomState(0)
+    for key in (1, 0, 1, 0):
+        mod.forward(_bucket_batch(rng, key))
+        mod.backward()
+        mod.update()
+    end = mod.get_params()[0]['book_embedding_weight']
+    assert_same_bits(start[:12], end[:12], 'frozen book rows')
+    assert (start[12:].asnumpy() != end[12:].asnumpy()).any()
