@@ -71,17 +71,33 @@ def block_ranges(plan, dtype):
     return (int(rows[0]), int(rows[-1]) + 1), (int(cols[0]), int(cols[-1]) + 1)
 
 
-def _optimizer_has_lazy_kernel(base):
-    return type(base) in _LAZY_KERNEL_OPTIMIZERS and bool(getattr(base, 'lazy_update', False))
+def _lazy_kernel_matches_pure_path(base, index):
+    """True when the wrapped optimizer's row_sparse update is a lazy kernel that gives the
+    bits the pure path gets from the dense kernel on the gathered rows.
+
+    Measured in MXNet 1.9.1 (20k x 4 random rows, float16/32/64, wd, rescale_grad, clipping):
+    ``sgd_mom_update`` (lazy) equals ``multi_sgd_mom_update`` always; ``adam_update`` lazy
+    equals dense except with ``clip_gradient``, where the variance of ~0.5% of the entries is
+    one ulp off; ``sgd_update`` (lazy or not) differs from the ``multi_sgd_update`` that the
+    pure path's dense block goes through (``aggregate_num > 0``) as soon as ``wd != 0``.
+    Those cases stay on the pure path, so there is one set of bits.
+    """
+    if type(base) not in _LAZY_KERNEL_OPTIMIZERS or not getattr(base, 'lazy_update', False):
+        return False
+    if type(base) is mx_opt.Adam:
+        return base.clip_gradient is None or base.clip_gradient < 0
+    return base.momentum > 0 or base.aggregate_num == 0 or base._get_wd(index) == 0
 
 
-def choose_sparse_step(plan, weight, grad, base, *, full_state, multi_precision):
+def choose_sparse_step(plan, index, weight, grad, base, *, full_state, multi_precision):
     """The strategy for one masked parameter's row_sparse update this step.
 
     Parameters
     ----------
     plan : BlockPlan
         The parameter's plan on the weight's context.
+    index : int or str
+        The parameter's index (its wd depends on it).
     weight : NDArray
         The full weight (dense).
     grad : RowSparseNDArray
@@ -102,11 +118,12 @@ def choose_sparse_step(plan, weight, grad, base, *, full_state, multi_precision)
     lazy = getattr(base, 'lazy_update', True)
     ranges = getattr(plan, 'native_ranges', None)   # set by Masked._build_plan
     if (ranges is None or full_state or weight.stype != 'default'
-            or not _optimizer_has_lazy_kernel(base)
+            or not _lazy_kernel_matches_pure_path(base, index)
             or (multi_precision and base.multi_precision and weight.dtype == np.float16)):
         return SparseStep(plan, grad, lazy=lazy)
     if not native.available():
-        native.notify_fallback()
+        if native.status().enabled:   # not switched off on purpose: say how to get it
+            native.notify_fallback()
         return SparseStep(plan, grad, lazy=lazy)
     return NativeBlockStep(ranges, weight, grad)
 

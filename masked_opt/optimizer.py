@@ -423,7 +423,7 @@ class Masked(mx_opt.Optimizer):
         full_state = self._check_state(plan, index, weight, state)
         if grad.stype == 'row_sparse':
             # The native lazy-kernel strategy where it applies, else the pure SparseStep.
-            sel = choose_sparse_step(plan, weight, grad, self.base, full_state=full_state,
+            sel = choose_sparse_step(plan, index, weight, grad, self.base, full_state=full_state,
                                      multi_precision=multi_precision)
             if sel.empty:
                 self.base._update_count(index)

@@ -64,7 +64,7 @@ def test_hyper_parameter_set_on_the_wrapper_reaches_the_wrapped_optimizer(base, 
     for a, b in zip(through_wrapper, direct, strict=True):
         assert_same_bits(a, b, 'parameter')
     # Control: the change does change the results.
-    assert all((a != b).any() for a, b in zip(unchanged, direct))
+    assert all((a != b).any() for a, b in zip(unchanged, direct, strict=True))
 
 
 def test_wrapper_fields_stay_on_the_wrapper():

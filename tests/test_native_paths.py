@@ -1,0 +1,229 @@
+"""The native lazy-kernel path against the pure path: the same bits, weights and states.
+
+The pure row_sparse path (``SparseStep``: host read of the row ids, gather, the wrapped
+optimizer on a dense mini-block, scatter) is the reference, as torch.optim's plain loop is for
+its fused kernels. The native path (``NativeBlockStep``: masked_opt's operators re-key the
+gradient on the engine and the wrapped optimizer's own lazy kernel updates a view of the
+weight) must give the same bits for every optimizer it serves, on every drawn case: SGD with
+and without momentum and Adam; wd, clip_gradient, rescale_grad, an lr schedule; rows, columns
+and both; float16/32/64; NaN and +-Inf in the gradient at frozen entries and in frozen weights;
+batches without a trainable row; several steps (Adam's bias correction and the schedule read
+the update counts, which are compared too).
+
+Every native run also checks that the native path really ran (a spy on ``NativeBlockStep``),
+and every pure run that it did not: a test that silently compared the pure path with itself
+would pass whatever the native code did.
+"""
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from bits import assert_same_bits, state_arrays
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from models import GluonMF
+from mxnet import autograd, gluon
+
+import masked_opt as mo
+from masked_opt import native, native_step
+
+NAME = 'table_weight'   # ends in _weight: MXNet applies wd to it
+
+if not native.available():
+    if os.environ.get('MASKED_OPT_REQUIRE_NATIVE') == '1':
+        raise RuntimeError('MASKED_OPT_REQUIRE_NATIVE=1 but the native library is not '
+                           'available: %s' % native.status().reason)
+    pytest.skip('native library not available: %s' % native.status().reason,
+                allow_module_level=True)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Counts NativeBlockStep constructions: how many updates took the native path."""
+    calls = []
+    original = native_step.NativeBlockStep.__init__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        original(self, *args, **kwargs)
+    monkeypatch.setattr(native_step.NativeBlockStep, '__init__', counting)
+    return calls
+
+
+def _rsp(ids, values, shape, dtype):
+    return mx.nd.sparse.row_sparse_array((values.astype(dtype), ids.astype(np.int64)),
+                                         shape=shape, dtype=dtype)
+
+
+BASES = {
+    'sgd': {},
+    'sgd-mom': {'momentum': 0.9},
+    'adam': {},
+}
+
+
+@st.composite
+def cases(draw):
+    v = draw(st.integers(4, 24))
+    d = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from(['float32', 'float64', 'float16']))
+    kind = draw(st.sampled_from(['rows', 'cols', 'both']))
+    lo = draw(st.integers(0, v - 1))
+    hi = draw(st.integers(lo + 1, v))
+    c0 = draw(st.integers(0, d - 1))
+    c1 = draw(st.integers(c0 + 1, d))
+    if kind == 'rows':
+        mask = mo.train_rows(range(lo, hi))
+    elif kind == 'cols':
+        mask = mo.train_cols(range(c0, c1))
+        lo, hi = 0, v
+    else:
+        mask = mo.train_rows(range(lo, hi)) & mo.train_cols(range(c0, c1))
+    if kind == 'rows':
+        c0, c1 = 0, d
+    # A block that is the whole table is no mask at all: the wrapped optimizer runs alone.
+    assume((lo, hi, c0, c1) != (0, v, 0, d))
+    base = draw(st.sampled_from(sorted(BASES)))
+    hyper = dict(BASES[base])
+    hyper['learning_rate'] = draw(st.sampled_from([0.1, 0.01]))
+    hyper['wd'] = draw(st.sampled_from([0.0, 1e-2]))
+    hyper['rescale_grad'] = draw(st.sampled_from([1.0, 0.25]))
+    if draw(st.booleans()) and base != 'adam':   # clipped Adam: pure path (native_step)
+        hyper['clip_gradient'] = 0.5
+    if base == 'sgd':   # plain SGD with wd: pure path (native_step)
+        hyper['wd'] = 0.0
+    if draw(st.booleans()):
+        hyper['lr_scheduler'] = mx.lr_scheduler.FactorScheduler(step=2, factor=0.5)
+    n_steps = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2 ** 16))
+    rng = np.random.RandomState(seed)
+    weight = rng.normal(size=(v, d))
+    # Poison frozen entries of the weight: their bits must survive whatever they hold.
+    frozen = np.ones((v, d), bool)
+    frozen[lo:hi, c0:c1] = False
+    poison = rng.rand(v, d) < 0.3
+    weight[frozen & poison] = rng.choice([np.nan, np.inf, -np.inf, -0.0], (frozen & poison).sum())
+    grads = []
+    for _ in range(n_steps):
+        if draw(st.booleans()):
+            # Only frozen rows in the batch (or none at all): nothing trains this step.
+            outside = [i for i in range(v) if not lo <= i < hi]
+            ids = np.array(sorted(set(rng.choice(outside, min(3, len(outside))).tolist()))
+                           if outside else [], dtype=np.int64)
+        else:
+            ids = np.unique(rng.randint(0, v, rng.randint(1, v + 1)))
+        g = rng.normal(size=(ids.size, d))
+        rows_frozen = (ids < lo) | (ids >= hi)
+        g[rows_frozen] = np.nan
+        g[:, :c0] = np.inf
+        g[:, c1:] = -np.inf
+        grads.append((ids, g))
+    return dict(shape=(v, d), dtype=dtype, mask=mask, base=base.split('-')[0], hyper=hyper,
+                weight=weight, grads=grads, lo=lo, hi=hi, c0=c0, c1=c1)
+
+
+def _run(case, monkeypatch, native_on):
+    monkeypatch.setenv('MASKED_OPT_NATIVE', '1' if native_on else '0')
+    hyper = dict(case['hyper'])
+    if 'lr_scheduler' in hyper:   # a fresh schedule per run: it counts updates itself
+        sched = hyper['lr_scheduler']
+        hyper['lr_scheduler'] = mx.lr_scheduler.FactorScheduler(step=sched.step,
+                                                                factor=sched.factor)
+    opt = mo.Masked(base=case['base'], masks={NAME: case['mask']}, param_idx2name={0: NAME},
+                    **hyper)
+    updater = mx.optimizer.get_updater(opt)
+    dtype = case['dtype']
+    weight = mx.nd.array(case['weight'], dtype=dtype)
+    for ids, g in case['grads']:
+        updater(0, _rsp(ids, g, case['shape'], dtype), weight)
+    mx.nd.waitall()
+    return weight, updater.states[0], dict(opt._index_update_count), opt.num_update
+
+
+@given(case=cases())
+def test_native_equals_pure_on_the_bits(case):
+    with pytest.MonkeyPatch.context() as patch:
+        calls = []
+        original = native_step.NativeBlockStep.__init__
+
+        def counting(self, *args, **kwargs):
+            calls.append(1)
+            original(self, *args, **kwargs)
+        patch.setattr(native_step.NativeBlockStep, '__init__', counting)
+        pure = _run(case, patch, native_on=False)
+        assert not calls, 'MASKED_OPT_NATIVE=0 still took the native path'
+        fast = _run(case, patch, native_on=True)
+        assert len(calls) == len(case['grads']), 'the native path did not run every step'
+    assert_same_bits(pure[0], fast[0], 'weight')
+    for a, b in zip(state_arrays(pure[1]), state_arrays(fast[1]), strict=True):
+        assert_same_bits(a, b, 'state')
+    assert pure[2] == fast[2], 'update counts differ: %s vs %s' % (pure[2], fast[2])
+    assert pure[3] == fast[3]
+    # Frozen entries kept their bits (both paths): the weight outside the block.
+    w0 = mx.nd.array(case['weight'], dtype=case['dtype']).asnumpy()
+    frozen = np.ones(case['shape'], bool)
+    frozen[case['lo']:case['hi'], case['c0']:case['c1']] = False
+    assert_same_bits(w0[frozen], fast[0].asnumpy()[frozen], 'frozen entries')
+
+
+def test_native_path_moves_trainable_rows(spy):
+    """Control: the native path trains (a no-op kernel would pass the equality test only if
+    the pure path did nothing too)."""
+    opt = mo.Masked(base='adam', learning_rate=0.1, masks={NAME: mo.train_rows_from(6)},
+                    param_idx2name={0: NAME})
+    updater = mx.optimizer.get_updater(opt)
+    weight = mx.nd.zeros((10, 3))
+    updater(0, _rsp(np.array([1, 7]), np.ones((2, 3)), (10, 3), 'float32'), weight)
+    w = weight.asnumpy()
+    assert spy and (w[7] != 0).all() and (w[:6] == 0).all() and (w[8:] == 0).all()
+
+
+@pytest.mark.parametrize('base,params', [('sgd', {'momentum': 0.9}), ('adam', {})])
+def test_gluon_trainer_native_equals_pure(base, params, monkeypatch, spy):
+    """The whole Gluon path (hybridized sparse_grad Embeddings, two masked tables, Trainer)."""
+    def run(flag):
+        monkeypatch.setenv('MASKED_OPT_NATIVE', flag)
+        mx.random.seed(5)
+        net = GluonMF(30, 20, 8, sparse_grad=True)
+        net.initialize(mx.init.Uniform(0.5))
+        net.hybridize()
+        trainer = gluon.Trainer(net.collect_params(), 'masked', dict(
+            params, base=base, learning_rate=0.05, wd=1e-3,
+            masks={net.book.weight: mo.train_rows_from(15),
+                   net.user.weight: mo.train_cols(range(6, 8))}))
+        rng = np.random.RandomState(1)
+        for _ in range(5):
+            member = mx.nd.array(rng.randint(0, 30, 16))
+            book = mx.nd.array(rng.randint(0, 20, 16))
+            with autograd.record():
+                loss = (net(member, book) ** 2).sum()
+            loss.backward()
+            trainer.step(16)
+        return [p.data().asnumpy() for p in net.collect_params().values()]
+
+    pure = run('0')
+    assert not spy
+    fast = run('1')
+    assert len(spy) == 10   # two masked tables x five steps
+    for a, b in zip(pure, fast, strict=True):
+        assert_same_bits(a, b, 'parameter')
+
+
+def test_not_served_cases_take_the_pure_path(spy):
+    """Non-contiguous rows, fractional scales, other optimizers, lazy_update=False: pure."""
+    grad = _rsp(np.array([1, 7]), np.ones((2, 3)), (10, 3), 'float32')
+    for base, kw, mask in [('adam', {}, mo.train_rows([6, 8])),
+                           ('adam', {}, mo.scale_rows(np.linspace(0, 1, 10))),
+                           ('rmsprop', {}, mo.train_rows_from(6)),
+                           ('adam', {'lazy_update': False}, mo.train_rows_from(6)),
+                           ('sgd', {'momentum': 0.9, 'lazy_update': False},
+                            mo.train_cols([0, 1])),
+                           # Their lazy kernels round differently from the pure path's:
+                           ('adam', {'clip_gradient': 0.5}, mo.train_rows_from(6)),
+                           ('sgd', {'wd': 1e-3}, mo.train_rows_from(6))]:
+        opt = mo.Masked(base=base, learning_rate=0.1, masks={NAME: mask},
+                        param_idx2name={0: NAME}, **kw)
+        updater = mx.optimizer.get_updater(opt)
+        updater(0, grad, mx.nd.zeros((10, 3)))
+    assert not spy
