@@ -58,14 +58,18 @@ class BuildNative(build_ext):
         if ext.name != LIB_NAME:
             return super().build_extension(ext)
         self.distribution.masked_opt_native_built = False
-        reason = self._compile(ext)
+        out = self.get_ext_fullpath(ext.name)
+        if os.path.exists(out):  # never ship a library of an earlier build (pip reuses build/)
+            os.remove(out)
+        os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
+        reason = self._compile(ext, out)
         if reason is None:
             self.distribution.masked_opt_native_built = True
         else:
             sys.stderr.write('WARNING: masked_opt: native ops not built (%s); masked_opt works '
                              'without them, on its slower pure path\n' % reason)
 
-    def _compile(self, ext):
+    def _compile(self, ext, out):
         root = _mxnet_root()
         if root is None:
             return 'mxnet is not installed in the build environment'
@@ -74,8 +78,6 @@ class BuildNative(build_ext):
         if not (os.path.isfile(os.path.join(include, 'mxnet', 'lib_api.h'))
                 and os.path.isfile(lib_api)):
             return 'mxnet at %s has no include/mxnet/lib_api.h or src/lib_api.cc' % root
-        out = self.get_ext_fullpath(ext.name)
-        os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
         cxx = shlex.split(os.environ.get('CXX') or 'g++')
         cmd = cxx + ['-std=c++11', '-shared', '-fPIC', '-O2', '-I', include] + \
             list(ext.sources) + [lib_api, '-o', out]
@@ -107,4 +109,6 @@ if bdist_wheel is not None:
 
     cmdclass['bdist_wheel'] = BdistWheel
 
-setup(ext_modules=[Extension(LIB_NAME, sources=[SOURCE], language='c++')], cmdclass=cmdclass)
+# optional: an in-place (editable) build copies the library into the tree only if it was built
+setup(ext_modules=[Extension(LIB_NAME, sources=[SOURCE], language='c++', optional=True)],
+      cmdclass=cmdclass)
