@@ -7,9 +7,11 @@ column and fractional masks. The runs must then equal the same runs without the 
 bit. Control tests show that the patch does fire when such a call happens, including inside the
 update path and in the plan building of the first step.
 
-Row-sparse gradients (``Embedding(sparse_grad=True)``) are run too; their lazy path reads the
-gradient's row ids on the host once per step (a documented deviation), so that case is an
-``xfail(strict=True)``: it turns into a failure the day the path stops syncing.
+Row-sparse gradients (``Embedding(sparse_grad=True)``) are run too. Contiguous 0/1 blocks take
+the native path (masked_opt's operators, no host read): those runs must pass under the guard.
+Fractional masks take the pure path, which reads the gradient's row ids on the host once per
+step (a documented deviation), so that case is an ``xfail(strict=True)``: it turns into a
+failure the day the pure path stops syncing.
 """
 import contextlib
 
@@ -26,6 +28,7 @@ from mxnet.ndarray import NDArray
 from mxnet.ndarray.sparse import BaseSparseNDArray, CSRNDArray, RowSparseNDArray
 
 import masked_opt as mo
+from masked_opt import native
 
 N_USERS, N_ITEMS, N_OLD, DIM, BATCH = 20, 16, 12, 8, 8
 
@@ -80,16 +83,23 @@ def _gluon_batches(n):
              mx.nd.array(rng.randint(0, N_ITEMS, BATCH))) for _ in range(n)]
 
 
-def _gluon_run(base, params, guard, sparse_grad=False):
+def _gluon_masks(net, kind):
+    if kind == 'native':   # contiguous 0/1 blocks: the native lazy-kernel path serves them
+        return {net.user.weight: mo.train_rows_from(2) & mo.train_cols(range(1, DIM)),
+                net.book.weight: mo.train_rows_from(N_OLD)}
+    rows = np.linspace(0, 1, N_USERS)   # fractional per-row scales, 0 for the first row
+    return {net.user.weight: mo.scale_rows(rows) & mo.freeze_cols([0]),
+            net.book.weight: mo.train_rows_from(N_OLD)}
+
+
+def _gluon_run(base, params, guard, sparse_grad=False, masks='fractional'):
     mx.random.seed(3)   # the same initial weights in the guarded and the free run
     net = GluonMF(N_USERS, N_ITEMS, DIM, sparse_grad=sparse_grad)
     net.initialize(mx.init.Uniform(0.5))
     net.hybridize()
     start = {k: p.data().copy() for k, p in net.collect_params().items()}
-    rows = np.linspace(0, 1, N_USERS)   # fractional per-row scales, 0 for the first row
-    trainer = gluon.Trainer(net.collect_params(), 'masked', dict(params, base=base, masks={
-        net.user.weight: mo.scale_rows(rows) & mo.freeze_cols([0]),
-        net.book.weight: mo.train_rows_from(N_OLD)}))
+    trainer = gluon.Trainer(net.collect_params(), 'masked', dict(
+        params, base=base, masks=_gluon_masks(net, masks)))
     batches = _gluon_batches(6)
     for k, (member, book) in enumerate(batches):
         with guard() if k > 0 else contextlib.nullcontext():   # step 0 builds the plans
@@ -104,18 +114,24 @@ def _gluon_run(base, params, guard, sparse_grad=False):
     return user.asnumpy(), book.asnumpy()
 
 
-@pytest.mark.parametrize('sparse_grad', [
-    pytest.param(False, id='dense-grad'),
-    pytest.param(True, id='row-sparse-grad', marks=pytest.mark.xfail(
+@pytest.mark.parametrize('sparse_grad,masks', [
+    pytest.param(False, 'fractional', id='dense-grad'),
+    # Contiguous 0/1 blocks with SGD-momentum/Adam: masked_opt's native operators re-key the
+    # gradient on MXNet's engine and the lazy kernel updates the block -- no host read.
+    pytest.param(True, 'native', id='row-sparse-grad-native', marks=pytest.mark.skipif(
+        not native.available(), reason='native library not available: %s'
+        % native.status().reason)),
+    pytest.param(True, 'fractional', id='row-sparse-grad-pure', marks=pytest.mark.xfail(
         strict=True, raises=HostSync, reason=(
-            'known C7 deviation, documented in masked_opt/update.py (SparseStep): the lazy '
-            'row_sparse path reads grad.indices on the host once per step, because MXNet 1.9.1 '
-            'has no device-side way to select the batch rows that are also trainable'))),
+            'known C7 deviation of the pure path, documented in masked_opt/update.py '
+            '(SparseStep): a fractional or non-contiguous mask on a row_sparse gradient reads '
+            'grad.indices on the host once per step, because MXNet 1.9.1 has no operator that '
+            'selects the batch rows that are also trainable'))),
 ])
 @pytest.mark.parametrize('base,params', SETTINGS)
-def test_trainer_step_makes_no_host_sync(base, params, sparse_grad, no_host_sync):
-    guarded = _gluon_run(base, params, no_host_sync, sparse_grad)
-    free = _gluon_run(base, params, contextlib.nullcontext, sparse_grad)
+def test_trainer_step_makes_no_host_sync(base, params, sparse_grad, masks, no_host_sync):
+    guarded = _gluon_run(base, params, no_host_sync, sparse_grad, masks)
+    free = _gluon_run(base, params, contextlib.nullcontext, sparse_grad, masks)
     for a, b in zip(free, guarded, strict=True):
         assert_same_bits(a, b, 'guarded run vs free run')
 
