@@ -29,7 +29,7 @@ import numpy as np
 
 from .masks import as_mask
 
-__all__ = ['ServerSide', 'capture', 'part_range', 'row_part_range', 'element_scales',
+__all__ = ['ServerSide', 'capture', 'is_split', 'part_range', 'row_part_range', 'element_scales',
            'loud_in_kvstore', 'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE', 'LOG_ENV']
 
 #: MXNet's default for ``MXNET_KVSTORE_BIGARRAY_BOUND`` (read by the workers).
@@ -48,6 +48,26 @@ LOG_ENV = 'MASKED_OPT_SERVER_LOG'
 def _c_round(x):
     """C's ``round``/``llround`` for x >= 0: halves away from zero (Python's round is banker's)."""
     return int(np.floor(x + 0.5))
+
+
+def is_split(size, bound, num_servers):
+    """True when an array of ``size`` elements is split across the servers.
+
+    Mirrors MXNet 1.9.1's ``src/kvstore/kvstore_dist.h``: ``EncodeDefaultKey`` sends an array
+    with ``num_arr_elems < bigarray_bound_`` whole to one server and partitions every other
+    one, and ``EncodeRowSparseKey`` partitions when ``total_num_rows * unit_len >=
+    bigarray_bound_``. So an array of exactly ``MXNET_KVSTORE_BIGARRAY_BOUND`` elements *is*
+    split. With one server the single "part" is the whole array.
+
+    Examples
+    --------
+    >>> from masked_opt.server import is_split
+    >>> [is_split(n, 100, 2) for n in (99, 100, 101)]
+    [False, True, True]
+    >>> is_split(100, 100, 1)
+    False
+    """
+    return size >= bound and num_servers > 1
 
 
 def part_range(size, num_servers, rank):
@@ -352,7 +372,7 @@ class ServerSide:
         self.num_servers = num_servers
 
     def _split(self, size):
-        return size >= self.bound and self.num_servers > 1
+        return is_split(size, self.bound, self.num_servers)
 
     def _need_rank(self, name):
         if self.rank is None:
