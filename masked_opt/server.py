@@ -2,7 +2,8 @@
 
 With ``update_on_kvstore`` (the default for ``dist_*`` kvstores) every worker pickles the
 optimizer and sends it to every server, which runs the updates. A server differs from a worker
-in ways that make a naive mask silently wrong (``../shared/dist_notes.md`` has the details):
+in ways that make a naive mask silently wrong (``docs/howto/distributed.md`` has the user's
+side):
 
 - it knows keys, not names, and Gluon's ``param_dict`` does not survive pickling;
 - its arrays are **flat** (``(80,)`` for a 20x4 table), and arrays with at least
