@@ -6,11 +6,16 @@ optimizer update that small block as if it were a parameter of its own, and writ
 back. Frozen entries are never read into the update and never written, so they stay
 bit-identical whatever the optimizer does (weight decay, momentum, NaN gradients, norms).
 
-Operators used on the update path, each with a GPU kernel and no host sync in MXNet 1.9.1
-(``../shared/gpu_ops.md``): ``slice`` and ``_slice_assign`` (in place) when the trainable rows
-and columns are contiguous ranges (``train_rows_from``, ``train_cols(range(a, b))``), otherwise
-``take`` (mode ``clip``) and ``_scatter_set_nd`` (in place); ``broadcast_sub`` (what ``x - y``
-on two NDArrays runs in 1.9.1), ``broadcast_mul`` and ``_copyto`` for fractional scales.
+Operators used on the update path, each with a GPU kernel (``FCompute<gpu>``) and no host
+sync in MXNet 1.9.1: ``take`` (mode ``clip``) and ``_scatter_set_nd`` (in place);
+``_slice_assign`` (in place) and ``slice`` when the trainable rows and columns are contiguous
+ranges (``train_rows_from``, ``train_cols(range(a, b))``); ``broadcast_sub`` (what ``x - y``
+on two NDArrays runs in 1.9.1), ``broadcast_mul`` and ``_copyto`` for fractional scales. A 2-D
+weight whose trainable columns are one aligned group of ``k`` columns (``c0 % k == 0`` and
+``D % k == 0``) is read through its ``(V*D/k, k)`` reshape, a view that shares the weight's
+memory and engine variable (no operator): the block is one ``take`` of rows
+``row * D/k + c0/k`` of that view, and, where the block is not one contiguous range, the
+write-back one row scatter into it.
 ``tests/gpu/test_gpu_no_sync.py`` records the operators a step runs and checks this list.
 Index arrays are int32 and unique (scatter has no bound check and duplicate indices race on
 GPU), and they are made once per context by :class:`BlockPlan` and reused every step. The
@@ -18,13 +23,36 @@ dense path gathers the weight block into a buffer the plan keeps (``out=``) inst
 allocating a block-sized array every step. The row_sparse path (:class:`SparseStep`) adds
 ``Embedding`` (a lookup into the row_sparse gradient: FComputeEx on CPU and GPU, with an
 in-op bound check on GPU) and ``slice_axis`` (a contiguous column range of whole rows), and
-reads the gradient's row ids on the host once per step.
+reads the gradient's row ids on the host once per step. A row_sparse weight (kvstore) is
+read and written through a dense view of its storage (DLPack), by the same ``take`` and
+``_scatter_set_nd``, between two waits (see :func:`_storage_view`).
 """
+import ctypes
+
 import numpy as np
 from mxnet import ndarray as nd
+from mxnet.base import _LIB, NDArrayHandle, check_call
 
 # nd.array(numpy) uploads synchronously; it is only called when a plan is built, once per
 # parameter and context, never per step (SparseStep's per-step uploads use _upload).
+
+
+def _index_dtype(limit):
+    """int32 when every index is below ``limit`` <= 2**31, else int64."""
+    return np.int32 if limit <= np.iinfo(np.int32).max + 1 else np.int64
+
+
+def _host_row_ids(grad):
+    """The row ids of a row_sparse array, on the host, after one engine round trip.
+
+    ``grad.indices`` waits for ``grad`` (``wait_to_read``) and then pushes a copy of the ids
+    and waits for it: two waits. ``MXNDArrayGetAuxNDArray`` alone pushes that copy behind
+    whatever still writes ``grad`` and waits once. ``asnumpy`` of the copy, which is ready,
+    then costs no round trip on CPU (it reads in the calling thread).
+    """
+    handle = NDArrayHandle()
+    check_call(_LIB.MXNDArrayGetAuxNDArray(grad.handle, ctypes.c_int(0), ctypes.byref(handle)))
+    return nd.NDArray(handle).asnumpy()
 
 
 def _contiguous(ids):
@@ -77,10 +105,6 @@ class BlockPlan:
         row_ids = np.arange(n_rows) if rows is None else np.flatnonzero(rows)
         self.row_ids = row_ids
         self.all_rows = row_ids.size == n_rows
-        # Host-side row -> block position (-1: frozen), used to pick the trainable rows of a
-        # row_sparse gradient (see SparseStep).
-        self.block_position = np.full(n_rows, -1, dtype=np.int64)
-        self.block_position[row_ids] = np.arange(row_ids.size)
         if cols is None:
             col_ids = None if len(self.shape) < 2 else np.arange(self.shape[1])
             self.all_cols = True
@@ -97,6 +121,7 @@ class BlockPlan:
             return nd.array(a, ctx=ctx, dtype='int32')
 
         self._rows64 = nd.array(row_ids, ctx=ctx, dtype='int64')  # for sparse.retain
+        self._sparse_pack = None   # SparseStep(lazy=False): its index arrays, uploaded once
         # Contiguous rows and columns: slice / _slice_assign, no index arrays (see module doc).
         self._slice = None
         if _contiguous(row_ids) and (col_ids is None or _contiguous(col_ids)):
@@ -107,12 +132,23 @@ class BlockPlan:
                 begin, end = begin + (int(col_ids[0]),), end + (int(col_ids[-1]) + 1,)
             self._slice = (begin, end)
         self._buffers = {}   # dense path: 'weight' -> block-shaped array reused every step
+        # One aligned group of k columns of a 2-D weight: (c0 / k, D / k, k), see group_view().
+        self.group = None
+        if (len(self.shape) == 2 and not self.all_cols and _contiguous(col_ids)
+                and int(col_ids[0]) % col_ids.size == 0 and self.shape[1] % col_ids.size == 0):
+            k = col_ids.size
+            self.group = (int(col_ids[0]) // k, self.shape[1] // k, k)
+        self.index_dtype = (np.int32 if self.group is None
+                            else _index_dtype(n_rows * self.group[1]))
         self._take_cols = None if self.all_cols else upload(col_ids)  # also for SparseStep
         # A contiguous column range is cut from whole rows with slice_axis (take_cols).
         self._col_range = (None if self.all_cols or not _contiguous(col_ids)
                            else (int(col_ids[0]), int(col_ids[-1]) + 1))
-        self._take_rows = self._scatter_index = None
-        if self._slice is None and not self.empty:
+        self._take_rows = self._scatter_index = self._group_ids = None
+        if self.group is not None and not self.empty:
+            # take() of the block's rows of the (V*D/k, k) view: one pass, no strided slice.
+            self._group_ids = nd.array(self.group_ids(row_ids), ctx=ctx, dtype=self.index_dtype)
+        elif self._slice is None and not self.empty:
             self._take_rows = None if self.all_rows else upload(row_ids)
             if self.all_cols:
                 self._scatter_index = upload(row_ids[None, :])
@@ -135,6 +171,33 @@ class BlockPlan:
                           for t in {np.dtype(dtype), np.dtype(np.float32)}}
         self.fractional = self._keep is not None
 
+    def positions(self, ids):
+        """Which of the sorted unique row ids ``ids`` train, and their block positions.
+
+        Returns ``(keep, pos)``: ``ids[keep]`` are the trainable ones, at rows ``pos`` of the
+        block. A binary search in the sorted trainable ids: host memory O(trainable rows).
+        """
+        if self.all_rows:
+            return np.arange(ids.size), ids
+        if self.row_ids.size == 0:
+            return np.arange(0), np.arange(0)
+        pos = np.searchsorted(self.row_ids, ids)
+        found = np.minimum(pos, self.row_ids.size - 1)
+        keep = np.flatnonzero(self.row_ids[found] == ids)
+        return keep, pos[keep]
+
+    def group_ids(self, rows):
+        """Rows of the ``(V*D/k, k)`` view that hold the column group of weight rows ``rows``."""
+        first, per_row, _ = self.group
+        return np.asarray(rows, dtype=np.int64) * per_row + first
+
+    def group_view(self, full):
+        """The ``(V*D/k, k)`` reshape of a weight-shaped array: a view, same memory and engine
+        variable, so writes into it are writes into ``full``. None when not applicable."""
+        if self.group is None or tuple(full.shape) != self.shape:
+            return None
+        return full.reshape((-1, self.group[2]))
+
     def gather(self, full, out=None):
         """Return the block of ``full`` (an array of the weight's shape), as a new array.
 
@@ -143,6 +206,9 @@ class BlockPlan:
         if full.stype == 'row_sparse':
             # take() on a row_sparse array densifies the whole table; retain reads rows only.
             return self.take_cols(nd.sparse.retain(full, self._rows64).data)
+        view = self.group_view(full)
+        if view is not None:
+            return nd.take(view, self._group_ids, axis=0, mode='clip', out=out)
         if self._slice is not None:
             return nd.slice(full, begin=self._slice[0], end=self._slice[1], out=out)
         if self._take_cols is None:
@@ -197,14 +263,24 @@ class BlockPlan:
     def scatter(self, block, full):
         """Write ``block`` back into its entries of ``full``, in place; other entries untouched."""
         if full.stype == 'row_sparse':
-            _set_rows(full, self._rows64, self._full_rows(full, self._rows64, block))
+            view = _storage_view(full)
+            self._scatter_dense(block, view)
+            view.wait_to_read()   # see _storage_view
             return
+        self._scatter_dense(block, full)
+
+    def _scatter_dense(self, block, full):
         if self.whole:
             block.copyto(full)
             return
         if self._slice is not None:
             nd._internal._slice_assign(full, block, begin=self._slice[0], end=self._slice[1],
                                        out=full)
+            return
+        view = self.group_view(full)
+        if view is not None:
+            nd._internal._scatter_set_nd(lhs=view, rhs=block, indices=self._group_ids.reshape(
+                (1, -1)), shape=view.shape, out=view)
             return
         rows = self._scatter_index.shape[1]
         # full.shape, not self.shape: a per-row state (V, 1) is scattered by rows like the weight.
@@ -220,30 +296,30 @@ class BlockPlan:
         """
         return _blend(new, old, self._keep)
 
-    def _full_rows(self, full, rows64, block_rows):
-        """Whole rows of ``full`` at ``rows64`` with the trainable columns replaced."""
-        if self._take_cols is None:
-            return block_rows
-        whole = nd.sparse.retain(full, rows64).data
-        k = block_rows.shape[0]
-        index = nd.stack(nd.repeat(nd.arange(k, ctx=self.ctx, dtype='int32'), self.col_ids.size),
-                         nd.tile(self._take_cols, k))
-        nd._internal._scatter_set_nd(lhs=whole, rhs=block_rows.reshape(
-            (-1,) + self.shape[2:]), indices=index, shape=whole.shape, out=whole)
-        return whole
+def _storage_view(weight):
+    """A dense view of the storage of a row_sparse array that holds every row, for writing.
 
+    MXNet 1.9.1 has no operator that copies rows into a row_sparse array in place: its lazy
+    optimizer kernels are the only in-place row writers, and they compute from the old value
+    (``sgd_update(lr=1, wd=1, rescale_grad=-1)`` gives ``0 * w + v``: NaN where ``w`` is
+    +-Inf, a quieted signalling NaN, ``+0.0`` for a ``-0.0`` result). The storage of a
+    row_sparse array holding all ``V`` rows is a dense ``(V, ...)`` array in row order (ids
+    are sorted and unique), which DLPack hands over without a copy; ``take`` and
+    ``_scatter_set_nd`` on it copy bits exactly.
 
-def _set_rows(weight, rows64, values):
-    """``weight[rows] = values`` for a row_sparse weight, in place and exactly.
-
-    MXNet has no scatter into a row_sparse array; its lazy ``sgd_update`` is the one kernel
-    that writes chosen rows of one in place. With ``lr=1, wd=1, rescale_grad=-1`` it computes
-    ``(1 - 1*1) * w - 1 * (-1 * v) == v`` for each row of the carrier ``v`` and touches no
-    other row. (Building the carrier uploads synchronously; see SparseStep.)
+    The view has an engine variable of its own, so the engine orders nothing between it and
+    ``weight``: ``to_dlpack_for_write`` first waits until every pending read and write of
+    ``weight`` is done, and the caller waits for its writes to the view (``wait_to_read``)
+    before anything else may use ``weight``. Two waits per step, on a path that waits for the
+    gradient's row ids anyway.
     """
-    carrier = nd.sparse.row_sparse_array((values, rows64), shape=weight.shape, ctx=weight.context)
-    nd.sgd_update(weight, carrier, lr=1.0, wd=1.0, rescale_grad=-1.0, lazy_update=True,
-                  out=weight)
+    view = nd.from_dlpack(weight.to_dlpack_for_write())
+    if tuple(view.shape) != tuple(weight.shape):
+        raise ValueError('a masked row_sparse weight must hold all of its %d rows (as a '
+                         'kvstore holds them); this one holds %d. Store it in full, e.g. '
+                         'weight.tostype("default").tostype("row_sparse") after filling it.'
+                         % (weight.shape[0], view.shape[0]))
+    return view
 
 
 class SparseStep:
@@ -257,10 +333,13 @@ class SparseStep:
     Host round trip, by necessity: MXNet 1.9.1 has no operator that reads a row_sparse
     array's row ids or builds one from device arrays without a host sync (``.indices``,
     ``.data`` and ``row_sparse_array`` all wait), and the ids decide the shape of the rows to
-    update. So this step reads the gradient's ids once (``grad.indices.asnumpy()``), selects
-    the trainable ones with a host-side table, and uploads the selection; everything else
-    runs on the weight's device. On GPU the ``Embedding(sparse_grad=True)`` backward that
-    produced the gradient has already synchronised twice (``../shared/gpu_ops.md``).
+    update. So this step reads the gradient's ids once (one engine round trip, see
+    :func:`_host_row_ids`), selects the trainable ones by a binary search in the plan's sorted
+    row ids, and uploads every index array of the step as one packed array (views of it cost
+    no operator); everything else runs on the weight's device. On GPU the
+    ``Embedding(sparse_grad=True)`` backward that produced the gradient has already
+    synchronised twice in-op (its bound check and the copy of its unique-row count to the
+    host).
 
     Parameters
     ----------
@@ -274,27 +353,23 @@ class SparseStep:
 
     def __init__(self, plan, grad, lazy):
         self.plan = plan
-        ctx = plan.ctx
+        self._views = {}   # id(row_sparse array) -> (array, dense storage view), this step
         if lazy:
-            ids = grad.indices.asnumpy()
-            pos = plan.block_position[ids]
-            keep = np.flatnonzero(pos >= 0)
-            rows, self._pos_np = ids[keep], pos[keep]
+            ids = _host_row_ids(grad)
+            keep, pos = plan.positions(ids)
+            rows = ids[keep]
         else:
-            rows, self._pos_np = plan.row_ids, np.arange(plan.row_ids.size)
+            keep = None
+            rows, pos = plan.row_ids, np.arange(plan.row_ids.size)
         self.empty = rows.size == 0
         if self.empty:
             return
-        # Python time here is not hidden behind device work (the step just waited for the
-        # gradient), so uploads are few and cheap (_upload) and skipped where an array exists.
-        self._rows_np = rows
-        self._rows64_nd = None   # made on first use: only row_sparse weights need it
-        # One upload for the rows and their block positions (views of it: no engine op).
-        lazy_all_rows = plan.all_rows and lazy          # then positions == row ids
-        packed = _upload(rows[None] if lazy_all_rows else np.stack([rows, self._pos_np]), ctx,
-                         np.int32)
-        self._rows32 = packed[0]
-        self._pos = self._rows32 if lazy_all_rows else packed[1]
+        packed = plan._sparse_pack if not lazy else None
+        if packed is None:
+            packed = self._pack(plan, rows, pos, keep, ids.size if lazy else 0)
+            if not lazy:   # the same every step: uploaded once per plan
+                plan._sparse_pack = packed
+        (self._rows32, self._pos, self._gids, self._scatter_index, take_keep) = packed
         if not lazy:
             g_rows = nd.sparse.retain(grad, plan._rows64).data
         elif len(plan.shape) == 2:
@@ -302,32 +377,65 @@ class SparseStep:
             # selected rows without grad.data, which would be a second wait and a full copy.
             g_rows = nd.Embedding(self._rows32, grad, input_dim=plan.shape[0],
                                   output_dim=plan.shape[1])
-        elif keep.size == ids.size:   # every row of the batch trains (e.g. a column mask)
+        elif take_keep is None:   # every row of the batch trains (e.g. a column mask)
             g_rows = grad.data
         else:
-            g_rows = nd.take(grad.data, _upload(keep, ctx, np.int32), axis=0)
+            g_rows = nd.take(grad.data, take_keep, axis=0)
         self._pos_index = self._pos.reshape((1, -1))
         self._grad = plan.take_cols(g_rows)
-        cols = plan.col_ids
-        if plan.all_cols:
-            self._scatter_index = self._rows32.reshape((1, -1))
-        else:
-            self._scatter_index = _upload(np.stack([np.repeat(rows, cols.size),
-                                                    np.tile(cols, rows.size)]), ctx, np.int32)
         self._keep = None
         if plan.fractional:
             self._keep = {t: nd.take(k, self._pos, axis=0) for t, k in plan._keep.items()}
 
-    @property
-    def _rows64(self):
-        if self._rows64_nd is None:
-            self._rows64_nd = _upload(self._rows_np, self.plan.ctx, np.int64)
-        return self._rows64_nd
+    @staticmethod
+    def _pack(plan, rows, pos, keep, n_ids):
+        """Upload this step's index arrays as one array; return views of it.
+
+        Returns ``(rows, positions, group ids, scatter index, batch rows to keep)``: the rows
+        (for the gradient lookup and the row scatter), their block positions (the rows
+        themselves when every row trains), the rows of the ``(V*D/k, k)`` view for an
+        aligned column group, the ``(2, n*C)`` scatter index for other column masks, and
+        which rows of an N-D gradient's data to keep (None: all).
+        """
+        n = rows.size
+        named = [('rows', rows)]
+        same_pos = plan.all_rows and keep is not None   # lazy, all rows: positions == ids
+        if not same_pos:
+            named.append(('pos', pos))
+        if plan.group is not None:
+            named.append(('group', plan.group_ids(rows)))
+        elif not plan.all_cols:
+            cols = plan.col_ids
+            named.append(('scatter', np.concatenate([np.repeat(rows, cols.size),
+                                                     np.tile(cols, n)])))
+        if keep is not None and len(plan.shape) != 2 and keep.size != n_ids:
+            named.append(('keep', keep))
+        flat = _upload(np.concatenate([a for _, a in named]), plan.ctx, plan.index_dtype)
+        views, at = {}, 0
+        for name, a in named:
+            views[name] = flat[at:at + a.size]   # basic slicing: a view, no operator
+            at += a.size
+        rows_nd = views['rows']
+        if 'scatter' in views:
+            scatter = views['scatter'].reshape((2, -1))
+        else:
+            scatter = rows_nd.reshape((1, -1)) if plan.all_cols else None
+        return rows_nd, views.get('pos', rows_nd), views.get('group'), scatter, views.get('keep')
+
+    def _dense(self, full):
+        """``full`` itself, or the dense storage view of a row_sparse one (kept this step)."""
+        if full.stype != 'row_sparse':
+            return full
+        if id(full) not in self._views:
+            self._views[id(full)] = (full, _storage_view(full))
+        return self._views[id(full)][1]
 
     def gather(self, full):
         """The selected rows (trainable columns only) of a weight-shaped array."""
-        if full.stype == 'row_sparse':
-            return self.plan.take_cols(nd.sparse.retain(full, self._rows64).data)
+        full = self._dense(full)
+        view = self.plan.group_view(full)
+        if view is not None:
+            return nd.take(view, self._gids, axis=0, mode='clip')
         return self.plan.take_cols(nd.take(full, self._rows32, axis=0, mode='clip'))
 
     gather_weight = gather
@@ -338,13 +446,19 @@ class SparseStep:
 
     def scatter(self, rows, full):
         """Write the selected rows back into a weight-shaped array; nothing else changes."""
-        if full.stype == 'row_sparse':
-            _set_rows(full, self._rows64, self.plan._full_rows(full, self._rows64, rows))
-            return
-        n = self._scatter_index.shape[1]
-        nd._internal._scatter_set_nd(lhs=full, rhs=rows.reshape((n,) + full.shape[
-            (1 if self.plan.all_cols else 2):]), indices=self._scatter_index,
-            shape=full.shape, out=full)
+        sparse = full.stype == 'row_sparse'
+        full = self._dense(full)
+        view = self.plan.group_view(full)
+        if view is not None:
+            nd._internal._scatter_set_nd(lhs=view, rhs=rows, indices=self._gids.reshape(
+                (1, -1)), shape=view.shape, out=view)
+        else:
+            n = self._scatter_index.shape[1]
+            nd._internal._scatter_set_nd(lhs=full, rhs=rows.reshape((n,) + full.shape[
+                (1 if self.plan.all_cols else 2):]), indices=self._scatter_index,
+                shape=full.shape, out=full)
+        if sparse:
+            full.wait_to_read()   # the view's writes are done before anyone reads the weight
 
     def state_view(self, block_state):
         """The selected rows of a block-shaped state."""
