@@ -34,6 +34,7 @@ import ctypes
 import importlib.metadata
 import logging
 import os
+import sys
 import threading
 from collections import namedtuple
 
@@ -100,6 +101,25 @@ def _check(path):
     return None
 
 
+def _library_load(path):
+    """``mx.library.load(path)``, keeping every name MXNet already had.
+
+    The load regenerates the Python function of every operator, in every ``mxnet.*`` module;
+    the old objects are put back, so only the new operators' names are added (a monkeypatched
+    ``mx.nd.*`` function stays patched, ``mx.nd.sgd_update`` stays the same object).
+    """
+    before = [(m, dict(vars(m))) for name, m in list(sys.modules.items())
+              if name.startswith('mxnet') and hasattr(m, '__dict__')]
+    try:
+        mx.library.load(path, verbose=False)
+    finally:
+        for module, names in before:
+            now = vars(module)
+            for key, value in names.items():
+                if now.get(key, value) is not value:
+                    setattr(module, key, value)
+
+
 def _load():
     """Find, check and load the library; returns (loaded, path, reason). Never raises."""
     paths, explicit = _candidates()
@@ -108,7 +128,7 @@ def _load():
         why = _check(path)
         if why is None:
             try:
-                mx.library.load(path, verbose=False)
+                _library_load(path)
                 missing = [op for op in OPS if not hasattr(mx.nd, op)]
                 if missing:
                     raise RuntimeError('operators %s not registered' % ', '.join(missing))

@@ -229,10 +229,13 @@ def test_switched_off_by_environment(monkeypatch):
 def _fresh_process(env):
     """available() and status() of a new process importing the checkout with `env` added."""
     code = textwrap.dedent('''
+        import mxnet as mx
         from masked_opt import native
+        sgd, retain = mx.nd.sgd_update, mx.nd.sparse.retain
         ok = native.available()
         st = native.status()
-        print(ok, st.loaded, st.path, sep='|')
+        kept = mx.nd.sgd_update is sgd and mx.nd.sparse.retain is retain
+        print(ok, st.loaded, st.path, kept, sep='|')
         print(st.reason)
     ''')
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=dict(os.environ, **env),
@@ -262,17 +265,18 @@ def test_bad_explicit_library_path_is_refused_with_a_reason(tmp_path, kind):
         path.write_text('not an ELF file')
     else:
         path, expect = _stale_library(tmp_path), 'has ABI %d' % (native.ABI + 99)
-    (ok, loaded, where), reason = _fresh_process({'MASKED_OPT_NATIVE_LIB': str(path),
-                                                  'MASKED_OPT_NATIVE': '1'})
+    (ok, loaded, where, _), reason = _fresh_process({'MASKED_OPT_NATIVE_LIB': str(path),
+                                                     'MASKED_OPT_NATIVE': '1'})
     assert (ok, loaded, where) == ('False', 'False', str(path))
     assert expect in reason and 'MASKED_OPT_NATIVE_LIB' in reason
 
 
 def test_explicit_library_path_is_loaded(lib):
+    """Loaded from $MASKED_OPT_NATIVE_LIB; MXNet's own functions stay the same objects."""
     path = native.status().path
-    (ok, loaded, where), reason = _fresh_process({'MASKED_OPT_NATIVE_LIB': path,
-                                                  'MASKED_OPT_NATIVE': '1'})
-    assert (ok, loaded, where, reason) == ('True', 'True', path, 'None')
+    (ok, loaded, where, kept), reason = _fresh_process({'MASKED_OPT_NATIVE_LIB': path,
+                                                        'MASKED_OPT_NATIVE': '1'})
+    assert (ok, loaded, where, kept, reason) == ('True', 'True', path, 'True', 'None')
 
 
 def test_notify_fallback_logs_once(monkeypatch, caplog):
