@@ -33,6 +33,7 @@ from .masks import (
                    train_rows_from,
 )
 from .optimizer import Masked
+from . import states  # noqa: E402,I001  MXNet's get_updater gives a Masked its MaskedUpdater
 
 __version__ = '0.1.0'
 

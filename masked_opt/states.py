@@ -1,0 +1,404 @@
+"""Block states that know which rows and columns they belong to; loading them under another mask.
+
+The masked optimizer keeps state only for a parameter's trainable block (C6). A block state is
+meaningful only together with its layout: which rows and columns of the weight its entries
+stand for. This module keeps that layout next to each state and uses it when states are loaded.
+
+:class:`MaskedUpdater` is the ``mxnet.optimizer.Updater`` that MXNet's Module, ``gluon.Trainer``
+and the local kvstore get for a :class:`~masked_opt.Masked` optimizer (importing masked_opt makes
+``mxnet.optimizer.get_updater`` return it for a Masked optimizer, and MXNet's own Updater for any
+other). It differs from MXNet's in three places:
+
+* ``get_states`` saves, next to the states, the layout of each one (key :data:`LAYOUTS_KEY` of the
+  pickled states dict: parameter name, weight shape, row and column bitmaps; plain Python types,
+  so MXNet without masked_opt still unpickles the file and ignores the extra key).
+* ``set_states`` keeps the masks. A Gluon state file holds an optimizer, and MXNet replaces the
+  Trainer's optimizer with it: the masks would be gone. Here the file's optimizer (type,
+  hyper-parameters, update counts, learning-rate schedule) becomes the *wrapped* optimizer, and
+  the masks stay those of the live optimizer.
+* Loaded states are matched to the current masks before anything is written. Entries trainable
+  both when the state was saved and now keep their state bit for bit; newly trainable entries
+  start from what the wrapped optimizer's ``create_state`` gives them; entries no longer
+  trainable lose theirs. A state saved for the whole weight (an unmasked run) is kept whole and
+  updated through the block (the warm-state path of :mod:`masked_opt.optimizer`). A state that
+  cannot be matched -- another weight shape, another optimizer's state structure, a block state
+  without layout whose shape fits neither the block nor the weight -- is a ``ValueError`` naming
+  the parameter. In Gluon the weights are known when ``Trainer.load_states`` runs, so the match
+  and the error happen there; in Module, at the first update, before any weight is written.
+"""
+import pickle
+
+import numpy as np
+from mxnet import optimizer as mx_opt
+from mxnet.base import py_str
+from mxnet.ndarray import NDArray
+from mxnet.ndarray import array as nd_array
+
+from . import server as _server
+from .optimizer import Masked
+
+__all__ = ['MaskedUpdater', 'LAYOUTS_KEY']
+
+#: Key of the layouts in a pickled states dict (never a parameter index or name).
+LAYOUTS_KEY = 'masked_opt:layouts'
+
+
+class _Layout:
+    """Which rows and columns of a weight of ``shape`` a state covers (None: all of them)."""
+
+    __slots__ = ('name', 'shape', 'rows', 'cols')
+
+    def __init__(self, name, shape, rows, cols):
+        self.name, self.shape = name, tuple(int(s) for s in shape)
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        self.cols = None if cols is None else np.asarray(cols, np.int64)
+
+    @property
+    def full(self):
+        return self.rows is None and self.cols is None
+
+    def n_rows(self):
+        return self.shape[0] if self.rows is None else self.rows.size
+
+    def row_ids(self):
+        return np.arange(self.shape[0]) if self.rows is None else self.rows
+
+    def col_ids(self):
+        return np.arange(self.shape[1]) if self.cols is None else self.cols
+
+    def block_shape(self):
+        if len(self.shape) < 2:
+            return (self.n_rows(),)
+        return (self.n_rows(), self.col_ids().size) + self.shape[2:]
+
+    def __eq__(self, other):
+        return (isinstance(other, _Layout) and self.shape == other.shape
+                and _same_ids(self.rows, other.rows) and _same_ids(self.cols, other.cols))
+
+    def to_plain(self):
+        """Plain Python types only: a state file must unpickle without masked_opt."""
+        return {'name': self.name, 'shape': self.shape,
+                'rows': _bitmap(self.rows, self.shape[0]),
+                'cols': None if len(self.shape) < 2 else _bitmap(self.cols, self.shape[1])}
+
+    @classmethod
+    def from_plain(cls, plain):
+        shape = tuple(plain['shape'])
+        return cls(plain.get('name'), shape, _unbitmap(plain.get('rows'), shape[0]),
+                   None if len(shape) < 2 else _unbitmap(plain.get('cols'), shape[1]))
+
+
+def _same_ids(a, b):
+    if a is None or b is None:
+        return a is None and b is None
+    return np.array_equal(a, b)
+
+
+def _bitmap(ids, n):
+    if ids is None:
+        return None
+    bits = np.zeros(n, bool)
+    bits[ids] = True
+    return np.packbits(bits).tobytes()
+
+
+def _unbitmap(data, n):
+    if data is None:
+        return None
+    return np.flatnonzero(np.unpackbits(np.frombuffer(data, np.uint8), count=n))
+
+
+def _name_of(opt, index):
+    if isinstance(index, str):
+        return index
+    return opt._index_names.get(index, index)
+
+
+def _layout_of(opt, index, weight):
+    """The layout of the state the masked optimizer makes for ``weight`` (None: no state)."""
+    plan = opt._plan(index, weight)  # cached: built when the state was created
+    name = _name_of(opt, index)
+    if plan is None:
+        return _Layout(name, weight.shape, None, None)
+    if plan.empty:
+        return None
+    return _Layout(name, weight.shape, None if plan.all_rows else plan.row_ids,
+                   None if plan.all_cols or plan.col_ids is None else plan.col_ids)
+
+
+class MaskedUpdater(mx_opt.Updater):
+    """MXNet's Updater for a :class:`~masked_opt.Masked` optimizer; states carry their layout.
+
+    Examples
+    --------
+    A state saved under one mask, loaded under another: the row trainable in both keeps its
+    momentum, the newly trainable row starts from zero.
+
+    >>> import mxnet as mx, masked_opt as mo
+    >>> def updater(mask):
+    ...     return mx.optimizer.get_updater(mo.Masked(
+    ...         base='sgd', learning_rate=1.0, momentum=0.5, masks={'w': mask},
+    ...         param_idx2name={0: 'w'}))
+    >>> first = updater(mo.train_rows([1, 2]))
+    >>> type(first).__name__
+    'MaskedUpdater'
+    >>> w = mx.nd.zeros((4, 1))
+    >>> first(0, mx.nd.ones((4, 1)), w)
+    >>> second = updater(mo.train_rows([2, 3]))
+    >>> second.set_states(first.get_states())
+    >>> second(0, mx.nd.zeros((4, 1)), w)     # a zero gradient: only momentum moves row 2
+    >>> w.asnumpy().ravel().tolist()
+    [0.0, -1.0, -1.5, 0.0]
+    """
+
+    def __init__(self, optimizer):
+        super().__init__(optimizer)
+        self.layouts = {}    # index -> _Layout of self.states[index] (None: no state needed)
+        self._pending = {}   # index -> _Layout or None: loaded, not yet matched to a weight
+
+    # ---- saving ----
+    def get_states(self, dump_optimizer=False):
+        states = dict(self.states)
+        layouts = {}
+        for index in self.states:
+            layout = self._pending.get(index, self.layouts.get(index))
+            if layout is not None:
+                layouts[index] = layout.to_plain()
+        if layouts:
+            states[LAYOUTS_KEY] = layouts
+        return pickle.dumps((states, self.optimizer) if dump_optimizer else states)
+
+    # ---- loading ----
+    def set_states(self, states):
+        loaded = pickle.loads(states)
+        file_opt = None
+        if isinstance(loaded, tuple) and len(loaded) == 2:
+            loaded, file_opt = loaded
+        loaded = dict(loaded)
+        plain = loaded.pop(LAYOUTS_KEY, None) or {}
+        layouts = {i: _Layout.from_plain(p) for i, p in plain.items() if i in loaded}
+        opt = self.optimizer
+        if not isinstance(opt, Masked):   # not ours any more: MXNet's semantics
+            self.states, self.optimizer = loaded, (file_opt or opt)
+            self.states_synced = dict.fromkeys(self.states, False)
+            return
+        pending = {i: layouts.get(i) for i in loaded}
+        kept = dict(opt.__dict__)
+        try:
+            if file_opt is not None:
+                _adopt(opt, file_opt)
+            # Match whatever weights are known now (Gluon: param_dict); raise before any change.
+            matched = self._match(loaded, pending, _known_weights(opt, pending))
+        except Exception:
+            opt.__dict__.clear()
+            opt.__dict__.update(kept)
+            raise
+        self.states = loaded
+        self.states_synced = dict.fromkeys(self.states, False)
+        self.layouts = {}
+        self._pending = pending
+        self._commit(matched)
+
+    def __call__(self, index, grad, weight):
+        if self._pending:
+            indices = index if isinstance(index, (list, tuple)) else [index]
+            weights = weight if isinstance(weight, (list, tuple)) else [weight]
+            todo = {}
+            for i, w in zip(indices, weights):
+                i = py_str(i) if isinstance(i, bytes) else i
+                if i in self._pending:
+                    todo[i] = w
+            if todo:
+                self._commit(_loud(self._match)(self.states, self._pending, todo))
+        super().__call__(index, grad, weight)
+        self._record(index, weight)
+
+    def _record(self, index, weight):
+        """Remember the layout of each state this call created (once per index)."""
+        opt = self.optimizer
+        if not isinstance(opt, Masked) or opt.__dict__.get('_server') is not None:
+            return
+        indices = index if isinstance(index, (list, tuple)) else [index]
+        weights = weight if isinstance(weight, (list, tuple)) else [weight]
+        for i, w in zip(indices, weights):
+            i = py_str(i) if isinstance(i, bytes) else i
+            if i not in self.layouts and i not in self._pending:
+                self.layouts[i] = _layout_of(opt, i, w)
+
+    def _match(self, states, pending, weights):
+        """``{index: (state, layout)}`` for every pending index with a weight; raises first."""
+        out = {}
+        for index, weight in weights.items():
+            opt = self.optimizer
+            name = _name_of(opt, index)
+            fresh = opt.create_state_multi_precision(index, weight)
+            now = _layout_of(opt, index, weight)
+            out[index] = (_remap(name, states[index], pending[index], fresh, now, weight.shape),
+                          now)
+        return out
+
+    def _commit(self, matched):
+        for index, (state, layout) in matched.items():
+            self.states[index] = state
+            self.states_synced[index] = False
+            self.layouts[index] = layout
+            del self._pending[index]
+
+
+def _loud(fn):
+    return _server.loud_in_kvstore(fn)
+
+
+def _adopt(masked, file_opt):
+    """The state file's optimizer becomes the wrapped one; the live masks stay."""
+    base = file_opt.base if isinstance(file_opt, Masked) else file_opt
+    old = masked.base
+    if not base.param_dict and old.param_dict:
+        base.param_dict = old.param_dict
+    if not base.idx2name and old.idx2name:
+        base.idx2name = dict(old.idx2name)
+    if getattr(base, 'sym_info', ()) == () and getattr(old, 'sym_info', ()):
+        base.sym_info = old.sym_info
+    masked.__dict__['base'] = base     # not through __setattr__: the wrapper itself changes
+    masked.__dict__['_plans'] = {}
+
+
+def _known_weights(opt, pending):
+    """Weights of the pending indices that are known without an update (Gluon's param_dict)."""
+    out = {}
+    for index in pending:
+        param = opt.base.param_dict.get(index) if not isinstance(index, str) else None
+        if param is None:
+            continue
+        try:
+            out[index] = param.list_data()[0]
+        except Exception:  # pylint: disable=broad-except  # deferred init: match at the update
+            continue
+    return out
+
+
+# ---- matching one loaded state to the current mask ----
+
+def _arrays(state):
+    if isinstance(state, NDArray):
+        return [state]
+    if isinstance(state, (list, tuple)):
+        return [a for s in state for a in _arrays(s)]
+    return []
+
+
+def _same_structure(a, b):
+    if isinstance(a, NDArray) or isinstance(b, NDArray):
+        return isinstance(a, NDArray) and isinstance(b, NDArray)
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same_structure(x, y) for x, y in zip(a, b)))
+    return (a is None) == (b is None)
+
+
+def _is_whole(state, shape):
+    """A state made for the whole weight: weight-shaped arrays, or one entry per row."""
+    arrays = _arrays(state)
+    return bool(arrays) and all(
+        a.shape == tuple(shape) or (len(shape) > 1 and a.shape[0] == shape[0] and a.ndim == 2
+                                    and a.shape[1] == 1)
+        for a in arrays)
+
+
+def _remap(name, loaded, saved, fresh, now, shape):
+    """The state for the current mask, from ``loaded`` (saved under layout ``saved``)."""
+    if fresh is None:        # fully frozen now: no state at all
+        return None
+    if loaded is None or not _arrays(loaded):
+        return fresh         # nothing was saved for it (frozen then, or a stateless optimizer)
+    if not _same_structure(loaded, fresh):
+        raise ValueError('parameter %r: the loaded optimizer state does not have the structure '
+                         'the wrapped optimizer makes (%s); was it saved with another optimizer '
+                         'or multi_precision setting? Load states saved with the same base '
+                         'optimizer, or do not load optimizer states.'
+                         % (name, _describe(fresh)))
+    if saved is not None and saved.shape != tuple(shape):
+        raise ValueError('parameter %r: the loaded optimizer state was saved for a weight of '
+                         'shape %s; this weight has shape %s. Optimizer states cannot follow a '
+                         'change of shape: do not load them after growing a table.'
+                         % (name, saved.shape, tuple(shape)))
+    if saved is None or saved.full:
+        if _is_whole(loaded, shape):
+            # Made for the whole weight (an unmasked run): kept whole, updated through the block.
+            return loaded
+        if saved is None:
+            if _shapes(loaded) == _shapes(fresh):
+                return loaded   # no layout recorded: taken to be this mask's block
+            raise ValueError(
+                'parameter %r: the loaded optimizer state has shapes %s, which fit neither this '
+                "mask's block %s nor the whole weight %s. It was saved under another mask by "
+                'an updater that did not record which rows and columns it covers. Load it '
+                'under the mask it was saved with, or do not load optimizer states.'
+                % (name, _shapes(loaded), _shapes(fresh), tuple(shape)))
+    if saved == now and _shapes(loaded) == _shapes(fresh):
+        return loaded           # the same block: kept as it is, bit for bit
+    return _zip_remap(name, loaded, fresh, saved, now)
+
+
+def _zip_remap(name, loaded, fresh, saved, now):
+    if isinstance(fresh, NDArray):
+        return _remap_array(name, loaded, fresh, saved, now)
+    if isinstance(fresh, (list, tuple)):
+        return type(fresh)(_zip_remap(name, a, f, saved, now) for a, f in zip(loaded, fresh))
+    return fresh
+
+
+def _remap_array(name, a, f, saved, now):
+    """Entries trainable under both layouts copied from ``a`` into a copy of ``f``."""
+    if a.dtype != f.dtype:
+        raise ValueError('parameter %r: a loaded state array has dtype %s, the wrapped optimizer '
+                         'makes %s' % (name, np.dtype(a.dtype), np.dtype(f.dtype)))
+    rows, pa, pb = np.intersect1d(saved.row_ids(), now.row_ids(), assume_unique=True,
+                                  return_indices=True)
+    out = f.asnumpy()
+    src = a.asnumpy()
+    if a.shape == saved.block_shape() and f.shape == now.block_shape() and len(saved.shape) > 1:
+        _, ca, cb = np.intersect1d(saved.col_ids(), now.col_ids(), assume_unique=True,
+                                   return_indices=True)
+        if rows.size and ca.size:
+            out[np.ix_(pb, cb)] = src[np.ix_(pa, ca)]
+    elif (a.shape[:1] == (saved.n_rows(),) and f.shape[:1] == (now.n_rows(),)
+          and a.shape[1:] == f.shape[1:]
+          and (len(saved.shape) < 2 or np.array_equal(saved.col_ids(), now.col_ids()))):
+        out[pb] = src[pa]     # one entry per row (or a 1-D weight): rows only
+    else:
+        raise ValueError('parameter %r: a loaded state array of shape %s does not fit the block '
+                         '%s it was saved for, so it cannot be moved to the current mask'
+                         % (name, a.shape, saved.block_shape()))
+    return nd_array(out, ctx=f.context, dtype=f.dtype)
+
+
+def _shapes(state):
+    return [a.shape for a in _arrays(state)]
+
+
+def _describe(state):
+    if isinstance(state, NDArray):
+        return 'array %s' % (state.shape,)
+    if isinstance(state, (list, tuple)):
+        return '%s of %d: [%s]' % (type(state).__name__, len(state),
+                                   ', '.join(_describe(s) for s in state))
+    return repr(state)
+
+
+# ---- install: MXNet's get_updater returns a MaskedUpdater for a Masked optimizer ----
+
+def _install():
+    original = getattr(mx_opt.get_updater, '_masked_opt_original', mx_opt.get_updater)
+
+    def get_updater(optimizer):
+        if isinstance(optimizer, Masked):
+            return MaskedUpdater(optimizer)
+        return original(optimizer)
+    get_updater.__doc__ = original.__doc__
+    get_updater._masked_opt_original = original
+    mx_opt.get_updater = get_updater
+    mx_opt.optimizer.get_updater = get_updater
+
+
+_install()
