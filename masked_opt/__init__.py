@@ -10,6 +10,8 @@ Examples
 >>> opt.learning_rate
 0.1
 """
+# Importing states makes MXNet's get_updater give a Masked optimizer its MaskedUpdater.
+from . import states  # noqa: F401
 from .grow import (
                    DEFAULT_INIT,
                    INIT_METHODS,
@@ -33,7 +35,6 @@ from .masks import (
                    train_rows_from,
 )
 from .optimizer import Masked
-from . import states  # noqa: E402,I001  MXNet's get_updater gives a Masked its MaskedUpdater
 
 __version__ = '0.1.0'
 

@@ -204,7 +204,7 @@ class MaskedUpdater(mx_opt.Updater):
             indices = index if isinstance(index, (list, tuple)) else [index]
             weights = weight if isinstance(weight, (list, tuple)) else [weight]
             todo = {}
-            for i, w in zip(indices, weights):
+            for i, w in zip(indices, weights, strict=True):
                 i = py_str(i) if isinstance(i, bytes) else i
                 if i in self._pending:
                     todo[i] = w
@@ -220,7 +220,7 @@ class MaskedUpdater(mx_opt.Updater):
             return
         indices = index if isinstance(index, (list, tuple)) else [index]
         weights = weight if isinstance(weight, (list, tuple)) else [weight]
-        for i, w in zip(indices, weights):
+        for i, w in zip(indices, weights, strict=True):
             i = py_str(i) if isinstance(i, bytes) else i
             if i not in self.layouts and i not in self._pending:
                 self.layouts[i] = _layout_of(opt, i, w)
@@ -292,7 +292,7 @@ def _same_structure(a, b):
         return isinstance(a, NDArray) and isinstance(b, NDArray)
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
-                and all(_same_structure(x, y) for x, y in zip(a, b)))
+                and all(_same_structure(x, y) for x, y in zip(a, b, strict=True)))
     return (a is None) == (b is None)
 
 
@@ -344,7 +344,8 @@ def _zip_remap(name, loaded, fresh, saved, now):
     if isinstance(fresh, NDArray):
         return _remap_array(name, loaded, fresh, saved, now)
     if isinstance(fresh, (list, tuple)):
-        return type(fresh)(_zip_remap(name, a, f, saved, now) for a, f in zip(loaded, fresh))
+        return type(fresh)(_zip_remap(name, a, f, saved, now) for a, f in
+                           zip(loaded, fresh, strict=True))
     return fresh
 
 
