@@ -20,13 +20,20 @@ import numpy as np
 from .grow import grow_vocab
 
 __all__ = ['DataError', 'Ratings', 'Split', 'RawRatings', 'synthetic_split', 'load_ratings',
-           'time_split', 'random_split', 'DEFAULT_CUTOFF', 'MIN_RATINGS']
+           'time_split', 'holdout_split', 'random_split', 'validation_split', 'pair_types',
+           'PAIR_TYPES', 'DEFAULT_CUTOFF', 'MIN_RATINGS', 'VALIDATION_FRACTION']
 
 DEFAULT_CUTOFF = 0.8
 """Default time cut-off: the 0.8 quantile of timestamps (the latest 20% of ratings are new)."""
 
 MIN_RATINGS = 20
 """Fewest ratings a file must hold, and fewest old training ratings a cut-off may leave."""
+
+VALIDATION_FRACTION = 0.1
+"""Share of training ratings the demo carves out to choose ``wd`` and epochs on."""
+
+PAIR_TYPES = ('old user x new item', 'new user x old item', 'new user x new item')
+"""The kinds of new pairs, in the order of the codes :func:`pair_types` returns (0, 1, 2)."""
 
 
 class DataError(ValueError):
@@ -46,8 +53,8 @@ _Split = collections.namedtuple('Split', 'n_old_users n_new_users n_old_items n_
 class Split(_Split):
     """Users, items and ratings of the demo, old rows first (see the module documentation).
 
-    ``noise`` is the label noise standard deviation of synthetic data (the best RMSE any
-    model can reach), None for real data.
+    ``noise`` is the label noise standard deviation of synthetic data (None for real data).
+    No model reaches it once the old rows are frozen: the old rows carry their own error.
     """
 
     @property
@@ -308,13 +315,13 @@ def time_split(raw, cutoff=DEFAULT_CUTOFF, *, test_fraction=0.2, seed=0, source=
     held[np.flatnonzero(before)] = _random_holdout(int(before.sum()), 0.1, rng)
     old_train = before & ~held
     if old_train.sum() < MIN_RATINGS:
-        raise DataError('cutoff %.3g leaves %d old ratings to train on; expected at least %d. '
+        raise DataError('cutoff %s leaves %d old ratings to train on; expected at least %d. '
                         'Raise --cutoff.' % (cutoff, int(old_train.sum()), MIN_RATINGS))
     if users.n_new == 0 and items.n_new == 0:
-        raise DataError('cutoff %.3g leaves no new users and no new items (every id is seen '
+        raise DataError('cutoff %s leaves no new users and no new items (every id is seen '
                         'by the cut-off time); lower --cutoff' % cutoff)
     if new_pair.sum() < 2:
-        raise DataError('cutoff %.3g leaves %d ratings of new users/items; expected at least 2 '
+        raise DataError('cutoff %s leaves %d ratings of new users/items; expected at least 2 '
                         '(to train and to test). Lower --cutoff.' % (cutoff, int(new_pair.sum())))
     offset = rating[old_train].mean() - 1.0
     all_r = _ratings(rows_u, rows_i, rating - offset)
@@ -324,7 +331,7 @@ def time_split(raw, cutoff=DEFAULT_CUTOFF, *, test_fraction=0.2, seed=0, source=
     return Split(users.n_old, users.n_new, items.n_old, items.n_new,
                  _subset(all_r, old_train), _subset(all_r, (held | ~before) & ~new_pair),
                  _subset(all_r, new_pair & ~new_test), _subset(all_r, new_test),
-                 '%s (cut-off: %.3g quantile of timestamps)' % (source, cutoff), None)
+                 '%s (cut-off: %s quantile of timestamps)' % (source, cutoff), None)
 
 
 def random_split(raw, *, test_fraction=0.1, seed=0, source='file'):
@@ -350,3 +357,122 @@ def random_split(raw, *, test_fraction=0.1, seed=0, source='file'):
     return Split(len(users), 0, len(items), 0, _subset(all_r, ~test), _subset(all_r, test),
                  empty, empty, '%s (random %.0f%% test split)' % (source, 100 * test_fraction),
                  None)
+
+
+def holdout_split(raw, *, new_users=0.0, new_items=0.1, test_fraction=0.2, seed=0,
+                  source='file'):
+    """Whole users and/or items held out at random: they are the new rows.
+
+    A time split of MovieLens brings mostly new users (on MovieLens 100k with the 0.8
+    cut-off, 3390 of 3427 new-pair test ratings are new user x old item and 37 involve a new
+    item), so it hardly exercises item growth. This split draws ``new_items`` of the item ids
+    (and ``new_users`` of the user ids) at random: every rating of theirs is a new pair
+    (split ``test_fraction`` / rest into ``new_test`` / ``new_train``); the other ratings are
+    old pairs, 10% of them held out as ``old_test``. Labels are shifted by the mean of the old
+    training ratings, as in :func:`time_split`.
+
+    Parameters
+    ----------
+    raw : RawRatings
+        From :func:`load_ratings`.
+    new_users, new_items : float
+        Shares of the user and item ids that become new, in [0, 1); not both 0.
+    test_fraction : float
+        Share of new-pair ratings held out.
+    seed : int
+        For the draws and the hold-outs.
+    source : str
+        Description for the report.
+
+    Returns
+    -------
+    Split
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from masked_opt.data import RawRatings, holdout_split
+    >>> u = np.repeat(np.arange(20), 10); i = (u + np.tile(np.arange(10), 20)) % 30
+    >>> s = holdout_split(RawRatings(u, i, np.full(200, 4.0), np.arange(200)), new_items=0.2)
+    >>> s.n_old_items, s.n_new_items, s.n_new_users
+    (24, 6, 0)
+    """
+    for name, value in (('new_users', new_users), ('new_items', new_items)):
+        if not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise DataError('--%s: expected a share of the ids in [0, 1) with --data (e.g. '
+                            '0.1), received %r' % (name.replace('_', '-'), value))
+    if new_users == 0 and new_items == 0:
+        raise DataError('--new-users and --new-items are both 0: nothing to grow')
+    rng = np.random.default_rng(seed)
+
+    def draw(ids, share):
+        unique = np.unique(ids)
+        k = int(round(share * unique.size))
+        if share > 0:
+            k = min(max(k, 1), unique.size - 1)
+        new = set(rng.permutation(unique)[:k].tolist())
+        old_ids = [x for x in ids.tolist() if x not in new]
+        vocab = grow_vocab(_first_seen_vocab(np.array(old_ids, dtype=np.int64)),
+                           ids.tolist())
+        return vocab, np.array([vocab.vocab[x] for x in ids.tolist()], dtype=np.int64)
+
+    users, rows_u = draw(raw.user, new_users)
+    items, rows_i = draw(raw.item, new_items)
+    new_pair = (rows_u >= users.n_old) | (rows_i >= items.n_old)
+    old_idx = np.flatnonzero(~new_pair)
+    held = np.zeros(len(raw.rating), dtype=bool)
+    held[old_idx] = _random_holdout(old_idx.size, 0.1, rng)
+    old_train = ~new_pair & ~held
+    if old_train.sum() < MIN_RATINGS or new_pair.sum() < 2:
+        raise DataError('holding out %g of the users and %g of the items leaves %d old '
+                        'ratings to train on and %d new-pair ratings; expected at least %d and '
+                        '2. Change --new-users/--new-items.'
+                        % (new_users, new_items, int(old_train.sum()), int(new_pair.sum()),
+                           MIN_RATINGS))
+    offset = raw.rating[old_train].mean() - 1.0
+    all_r = _ratings(rows_u, rows_i, raw.rating - offset)
+    new_idx = np.flatnonzero(new_pair)
+    new_test = np.zeros(len(raw.rating), dtype=bool)
+    new_test[new_idx] = _random_holdout(new_idx.size, test_fraction, rng)
+    what = ' and '.join('%g of the %s' % (v, n) for v, n in ((new_users, 'users'),
+                                                            (new_items, 'items')) if v)
+    return Split(users.n_old, users.n_new, items.n_old, items.n_new,
+                 _subset(all_r, old_train), _subset(all_r, held),
+                 _subset(all_r, new_pair & ~new_test), _subset(all_r, new_test),
+                 '%s (new: %s, drawn at random)' % (source, what), None)
+
+
+def validation_split(ratings, fraction=VALIDATION_FRACTION, *, seed=0):
+    """Carve a validation share out of training ratings: returns ``(fit, validation)``.
+
+    The demo chooses ``wd`` and the number of epochs on the validation part, so the test
+    ratings are used once, at the end. At least one rating goes to each part (when there are
+    two or more).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from masked_opt.data import Ratings, validation_split
+    >>> r = Ratings(np.arange(20), np.arange(20), np.zeros(20, dtype=np.float32))
+    >>> fit, val = validation_split(r, 0.1)
+    >>> len(fit.label), len(val.label), sorted(set(fit.user) | set(val.user)) == list(range(20))
+    (18, 2, True)
+    """
+    held = _random_holdout(len(ratings.label), fraction, np.random.default_rng([seed, 7]))
+    return _subset(ratings, ~held), _subset(ratings, held)
+
+
+def pair_types(ratings, n_old_users, n_old_items):
+    """Code per rating: 0 old user x new item, 1 new user x old item, 2 new x new, -1 old x old.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from masked_opt.data import Ratings, pair_types
+    >>> r = Ratings(np.array([0, 5, 5, 0]), np.array([9, 0, 9, 0]), np.zeros(4))
+    >>> pair_types(r, n_old_users=3, n_old_items=4).tolist()
+    [0, 1, 2, -1]
+    """
+    new_u = ratings.user >= n_old_users
+    new_i = ratings.item >= n_old_items
+    return np.where(new_u & new_i, 2, np.where(new_u, 1, np.where(new_i, 0, -1)))

@@ -1,0 +1,59 @@
+"""The runnable demo behind ``masked-opt demo``: training, references and the report.
+
+The forum's job end to end on the forum's unmodified matrix-factorisation model: train it on
+the old users and items, grow both tables with the users and items that arrived later
+(:func:`~masked_opt.grow_params`), train only the new rows with the ``'masked'`` optimizer,
+and judge the result against
+
+- the **ceiling**: the optimum of the masked phase's own objective with the old rows frozen
+  (ridge fold-in per new row, alternating when new users rate new items;
+  :mod:`masked_opt.demo.reference`);
+- the **floors**: the global mean and a regularised bias-only model ``mu + b_u + b_i``;
+- a **full retrain** from scratch on all the ratings;
+
+with ``wd`` and epochs chosen on validation ratings carved from the training ratings (the
+test ratings are used once, at the end), over several seeds (mean +- sd).
+
+Modules: :mod:`~masked_opt.demo.model` (the model, one ``Module.fit``),
+:mod:`~masked_opt.demo.reference` (ceiling and floors, numpy), :mod:`~masked_opt.demo.run`
+(the protocol), :mod:`~masked_opt.demo.report` (summary over seeds, text),
+:mod:`~masked_opt.demo.plot` (``--plot``), :mod:`~masked_opt.demo.readme` (the README block).
+"""
+from .model import forum_mf, rmse
+from .report import format_report, summarize
+from .run import DEMO_DEFAULTS, frozen_changed, run_demo
+
+__all__ = ['run_demo', 'run_seeds', 'summarize', 'format_report', 'forum_mf', 'rmse',
+           'frozen_changed', 'DEMO_DEFAULTS']
+
+
+def run_seeds(make_split, seeds=(0, 1, 2), *, mode='grow', progress=False, **settings):
+    """Run the demo once per seed (data, initialisation and training all seeded) and summarize.
+
+    Parameters
+    ----------
+    make_split : callable
+        ``make_split(seed)`` returns the :class:`~masked_opt.data.Split` of that seed.
+    seeds : sequence of int
+        One run each.
+    mode, progress, settings
+        As for :func:`run_demo`.
+
+    Returns
+    -------
+    dict
+        :func:`summarize` of the per-seed reports; the tables of each seed stay under
+        ``'_tables'`` of each per-seed report (not JSON).
+
+    Examples
+    --------
+    >>> from masked_opt.data import synthetic_split
+    >>> from masked_opt.demo import run_seeds
+    >>> r = run_seeds(lambda s: synthetic_split(30, 20, 5, 4, per_user=5, seed=s), seeds=[0, 1],
+    ...               epochs=1, new_epochs=1)
+    >>> r['seeds'], r['ok'], len(r['summary']['rmse.masked']['values'])
+    ([0, 1], True, 2)
+    """
+    reports = [run_demo(make_split(seed), mode=mode, seed=seed, progress=progress, **settings)
+               for seed in seeds]
+    return summarize(reports)
