@@ -1,4 +1,4 @@
-"""Run every benchmark and check the targets of issue 3: ``python -m benchmarks [--quick]``.
+"""Run every benchmark and check the targets: ``python -m benchmarks [--quick]``.
 
 Parts (``--only`` picks some): ``step`` (the optimizer step alone), ``throughput`` (the
 forum's model, every method side by side, and peak RSS per method), ``state`` (Adam state
@@ -43,16 +43,26 @@ def targets(out):
                     for r in res if where(r) and a in r['times'] and b in r['times']], \
                    [r['times'][b] / r['times'][a]
                     for r in res if where(r) and a in r['times'] and b in r['times']]
+        big = lambda r: r['dim'] >= 64   # noqa: E731  (100k x 64 and 1M x 64)
+        small = lambda r: r['dim'] < 64   # noqa: E731  (100k x 8, 1M x 8; --quick's size)
         for target, a, b, bar, where in [
-                ('dense gradients, 1% new rows >= 1.0x plain', 'rows', 'plain', 1.0, None),
-                ('dense gradients, latent split >= 0.9x plain', 'cols', 'plain', 0.9, None),
-                ('sparse gradients, 1% new rows >= 0.9x plain sparse', 'rows_sparse',
-                 'plain_sparse', 0.9, None),
-                ('sparse gradients, latent split >= 0.9x plain sparse', 'cols_sparse',
-                 'plain_sparse', 0.9, None),
-                ('latent split, sparse, >= 1.0x split-embedding (A) sparse at 1M x 64',
-                 'cols_sparse', 'split_sparse', 1.0,
-                 lambda r: r['n'] >= 1_000_000 and r['dim'] == 64),
+                # The native-kernel targets (sparse gradients), per size.
+                ('new rows sparse >= 0.95x plain sparse at d = 8', 'rows_sparse',
+                 'plain_sparse', 0.95, small),
+                ('new rows sparse >= 1.05x plain sparse at d = 64', 'rows_sparse',
+                 'plain_sparse', 1.05, big),
+                ('latent split sparse >= 0.9x plain sparse at d = 8', 'cols_sparse',
+                 'plain_sparse', 0.9, small),
+                ('latent split sparse >= 1.0x plain sparse at d = 64', 'cols_sparse',
+                 'plain_sparse', 1.0, big),
+                ('latent split sparse >= 0.9x split-embedding (A) sparse at d = 8',
+                 'cols_sparse', 'split_sparse', 0.9, small),
+                ('latent split sparse >= 0.95x split-embedding (A) sparse at d = 64',
+                 'cols_sparse', 'split_sparse', 0.95, big),
+                ('latent split dense >= 0.8x split-embedding (A) dense at d = 64', 'cols',
+                 'split', 0.8, big),
+                ('new rows dense >= 1.4x plain dense (no regression)', 'rows', 'plain', 1.4,
+                 None),
                 ('>= 10x the one_hot workaround at 100k (masked rows, sparse)', 'rows_sparse',
                  'onehot', 10.0, lambda r: r['n'] == 100_000),
                 ('>= 10x the one_hot workaround at 100k (masked rows, dense)', 'rows',

@@ -27,7 +27,7 @@ def test_quick_run_prints_every_table_and_the_targets(tmp_path):
                    'split', 'split_sparse', 'onehot'):
         assert '%s steps/s (x plain)' % method in text, method
     assert '(x1.00)' in text and 'GiB' in text and 'MiB' in text
-    for target in ('1% new rows >= 1.0x plain', 'latent split >= 0.9x plain',
+    for target in ('new rows sparse >= 0.95x plain sparse', 'new rows dense >= 1.4x plain',
                    '<= 2% of unmasked', 'within 1.3x', 'peak RSS <= plain'):
         assert target in text, target
     assert report.read_text().strip() == text.strip()
