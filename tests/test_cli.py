@@ -1,5 +1,6 @@
-"""``masked-opt demo`` on tiny settings: the JSON report, the text report, --data, --plot,
---mode latent-split, and bad input (one line on stderr, exit code 2, no traceback)."""
+"""``masked-opt demo`` on tiny settings: the JSON report over seeds, the text report, --data
+(time split and ids held out at random), --plot, --mode latent-split, the frozen check's
+verdict and exit code, and bad input (one line on stderr, exit code 2, no traceback)."""
 import json
 import os
 import re
@@ -10,11 +11,13 @@ import numpy as np
 import pytest
 from test_data import movielens_lines, write
 
+import masked_opt.demo.run as demo_run
 from masked_opt.cli import main
+from masked_opt.demo.model import MEMBER
 
 TINY = ['--users', '60', '--items', '40', '--new-users', '12', '--new-items', '8',
-        '--per-user', '10', '--epochs', '6', '--new-epochs', '12', '--batch-size', '64',
-        '--no-progress']
+        '--per-user', '10', '--epochs', '6', '--new-epochs', '12', '--halve-every', '4',
+        '--batch-size', '64', '--seeds', '2', '--no-progress']
 
 
 def run(capsys, *args):
@@ -30,71 +33,138 @@ def run_json(capsys, *args):
 
 def test_demo_grow_json_report(capsys):
     code, r = run_json(capsys, *TINY)
-    assert code == 0 and r['ok'] is True
-    assert r['frozen_entries_changed'] == 0
-    assert r['frozen_entries'] == (60 + 40) * 8
-    assert r['new_entries'] == (12 + 8) * 8
-    assert r['new_entries_changed'] == r['new_entries']  # every new entry trained
-    rmse = r['rmse']
-    assert rmse['old_pairs_before'] == rmse['old_pairs_after']
-    assert rmse['new_pairs_after'] < rmse['new_pairs_init']
-    assert rmse['new_pairs_full_retrain'] is not None
-    assert len(r['curves']['new_pairs_masked']) == 12
-    assert len(r['curves']['old_pairs_phase1']) == 6
-    for phase in ('train_old', 'grow', 'train_new_masked', 'full_retrain', 'total'):
-        assert r['seconds'][phase] >= 0
-    for when in ('at_init', 'after'):
-        for table in ('member', 'book'):
-            c = r['comparability'][when][table]
-            assert 0 <= c['ks_statistic'] <= 1 and c['new_norm_mean'] > 0
-    assert r['data']['new_users'] == 12 and r['data']['source'] == 'synthetic (seed 0)'
+    assert code == 0 and r['ok'] is True and r['seeds'] == [0, 1]
+    assert r['frozen_entries_changed'] == 0 and len(r['per_seed']) == 2
+    m = r['summary']
+    for key in ('init', 'masked', 'ceiling', 'full_retrain', 'bias_only', 'global_mean'):
+        entry = m['rmse.' + key]
+        assert len(entry['values']) == 2 and entry['mean'] == pytest.approx(
+            np.mean(entry['values'])) and entry['sd'] == pytest.approx(
+            np.std(entry['values'], ddof=1))
+    for seed in r['per_seed']:
+        assert seed['frozen_entries'] == (60 + 40) * 8
+        assert seed['rmse_old_pairs']['before'] == seed['rmse_old_pairs']['after']
+        assert seed['rmse']['masked'] < seed['rmse']['init']
+        # The ceiling is the optimum of the masked phase's objective: nothing beats it there.
+        assert seed['objective']['ceiling'] <= seed['objective']['masked'] * (1 + 1e-9)
+        assert seed['gap']['objective_percent'] >= -1e-7
+        c = seed['choices']
+        assert c['masked_wd'] == pytest.approx(c['lambda'] / seed['carved']['new_fit'])
+        assert 1 <= c['masked_epoch'] <= 12 and len(seed['curves']['masked_validation']) == 12
+        counts = [seed['breakdown'][k]['count'] for k in seed['breakdown']]
+        assert sum(counts) == seed['data']['new_test']
+        assert seed['carved']['new_fit'] + seed['carved']['new_validation'] == seed['data'][
+            'new_train']
+        for when in ('at_init', 'after'):
+            assert 0 <= seed['comparability'][when]['member']['ks_statistic'] <= 1
     assert r['settings']['init'] == 'mean_cov'
-
-    # Same seed, same numbers (wall times aside).
-    _, again = run_json(capsys, *TINY)
-    assert again['rmse'] == r['rmse'] and again['curves'] == r['curves']
+    _, again = run_json(capsys, *TINY)                # same seeds, same numbers
+    assert [s['rmse'] for s in again['per_seed']] == [s['rmse'] for s in r['per_seed']]
 
 
 def test_demo_text_report(capsys):
     code, out, err = run(capsys, *TINY, '--new-epochs', '2', '--epochs', '2', '--init', 'zeros')
-    assert code == 0
-    assert 'frozen entries changed (old rows, compared on the bits): 0 of 800  OK' in out
-    assert 'RMSE old pairs: before' in out and '(identical)' in out
-    assert 'RMSE new pairs: at init' in out and 'full retrain' in out
-    assert 'wall time: train old' in out
-    assert 'Traceback' not in err
+    assert code == 0, err
+    assert 'frozen entries changed (old rows, compared on the bits): 0 of 800, in each of 2 ' \
+           'seeds  OK' in out
+    for text in ('identical in every seed', 'ceiling: ridge fold-in, old rows frozen',
+                 'floor: bias only, mu + b_u + b_i', 'floor: global mean',
+                 'gap of masked training to the ceiling: objective', 'by pair type',
+                 'new user x new item', 'new rows without a training rating',
+                 'a description, not a quality score', 'chosen on validation (per seed)'):
+        assert text in out, text
+    assert 'best possible' not in out and 'Traceback' not in err
+    assert re.search(r'masked training \(only the new rows train\) +[0-9.]+ \+- [0-9.]+', out)
+
+
+def _inject_frozen_change(monkeypatch, old_value, new_value):
+    """The old model's entry [0, 0] becomes ``old_value``; after the masked phase ``new_value``."""
+    real_fit = demo_run.fit
+
+    def fit(*args, masks=None, **kwargs):
+        result = real_fit(*args, masks=masks, **kwargs)
+        if kwargs.get('arg_params') is None and args[0] == 60:     # the old model (60 users)
+            result.params[MEMBER][0, 0] = old_value
+        elif masks is not None:                                    # the masked phase
+            result.params[MEMBER][0, 0] = new_value
+        return result
+    monkeypatch.setattr(demo_run, 'fit', fit)
+
+
+@pytest.mark.parametrize('old_value, new_value', [(0.0, -0.0), (0.5, 0.5000001)])
+def test_a_changed_frozen_entry_fails_the_report_and_exits_1(capsys, monkeypatch, old_value,
+                                                             new_value):
+    # -0.0 == 0.0 as values, but not as bits: the check compares bits.
+    _inject_frozen_change(monkeypatch, old_value, new_value)
+    code, out, _ = run(capsys, *TINY, '--epochs', '2', '--new-epochs', '2')
+    assert code == 1
+    assert re.search(r'frozen entries changed \(old rows, compared on the bits\): 1, 1 of 800, '
+                     r'in each of 2 seeds  FAILED \(seeds \[0, 1\]\)', out), out
+    _inject_frozen_change(monkeypatch, old_value, new_value)
+    code, r = run_json(capsys, *TINY, '--epochs', '2', '--new-epochs', '2')
+    assert code == 1 and r['ok'] is False and r['frozen_entries_changed'] == 2
 
 
 def test_demo_latent_split_json(capsys):
     code, r = run_json(capsys, *TINY, '--mode', 'latent-split', '--new-epochs', '6')
     assert code == 0 and r['ok'] is True and r['mode'] == 'latent-split'
-    assert r['frozen_entries_changed'] == 0 and r['frozen_entries'] == (60 + 40) * 7
-    assert r['new_entries_changed'] == r['new_entries'] == 60 + 40
-    assert r['rmse']['test_after'] < r['rmse']['test_init']
+    for seed in r['per_seed']:
+        assert seed['frozen_entries_changed'] == 0 and seed['frozen_entries'] == (60 + 40) * 7
+        assert seed['objective']['masked'] < seed['objective']['init']
+        assert seed['objective']['ceiling'] <= seed['objective']['masked'] * (1 + 1e-9)
 
 
 def test_demo_on_a_movielens_file(capsys, tmp_path):
     path = write(tmp_path, movielens_lines(n_users=40, n_items=30, seed=2))
-    code, r = run_json(capsys, *TINY, '--data', path, '--cutoff', '0.6')
+    code, r = run_json(capsys, *TINY[10:], '--data', path, '--cutoff', '0.6')
     assert code == 0 and r['frozen_entries_changed'] == 0
-    assert r['data']['new_users'] > 0 and r['data']['source'].startswith('u.data')
-    assert r['rmse']['old_pairs_before'] == r['rmse']['old_pairs_after']
+    assert r['data']['new_users'] > 0 and r['data']['source'] == (
+        'u.data (cut-off: 0.6 quantile of timestamps)')
+    seed = r['per_seed'][0]
+    assert seed['rmse_old_pairs']['before'] == seed['rmse_old_pairs']['after']
+
+
+def test_demo_holds_out_whole_items_of_a_movielens_file(capsys, tmp_path):
+    path = write(tmp_path, movielens_lines(n_users=40, n_items=30, seed=2))
+    code, r = run_json(capsys, *TINY[10:], '--data', path, '--new-items', '0.2')
+    assert code == 0
+    assert r['data']['new_items'] == 6 and r['data']['new_users'] == 0
+    counts = {k: v['count'] for k, v in r['per_seed'][0]['breakdown'].items()}
+    assert counts['old user x new item'] == r['data']['new_test'] > 0
+
+
+def test_time_split_report_says_when_item_growth_is_hardly_exercised(capsys, tmp_path):
+    # Late ratings are new users x old items, and 4 ratings of one new item (as on MovieLens,
+    # where a time split puts 37 of 3427 test ratings on new items): the report says so.
+    rng = np.random.default_rng(0)
+    lines = ['%d\t%d\t%d\t%d' % (u, i, rng.integers(1, 6), 1000 + u * 10 + i)
+             for u in range(1, 41) for i in range(1, 11)]
+    lines += ['%d\t11\t4\t%d' % (u, 5000 + u) for u in (1, 2, 3, 4)]
+    path = write(tmp_path, '\n'.join(lines) + '\n')
+    code, out, err = run(capsys, *TINY[10:], '--data', path, '--cutoff', '0.5')
+    assert code == 0, err
+    assert re.search(r'old user x new item +1 ', out), out
+    assert re.search(r'note: only 1 of \d+ test ratings involve a new item: this split hardly '
+                     r'exercises item growth \(with --data, --new-items 0.1 holds out 10% of '
+                     r'the items at random\)', out), out
 
 
 def test_demo_plot(capsys, tmp_path):
     pytest.importorskip('matplotlib', reason='matplotlib is in the test extra; '
                         'pip install .[test]')
-    png = tmp_path / 'demo.png'
-    code, out, _ = run(capsys, *TINY, '--epochs', '2', '--new-epochs', '2', '--plot', str(png))
-    assert code == 0 and 'plot written to' in out
-    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
+    for mode in ('grow', 'latent-split'):
+        png = tmp_path / ('%s.png' % mode)
+        code, out, _ = run(capsys, *TINY, '--epochs', '2', '--new-epochs', '2', '--mode', mode,
+                           '--plot', str(png))
+        assert code == 0 and 'plot written to' in out
+        assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and png.stat().st_size > 10_000
 
 
 def test_plot_without_matplotlib_is_a_clear_one_line_error(capsys, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib -> ImportError
     code, out, err = run(capsys, *TINY, '--plot', str(tmp_path / 'x.png'))
     assert code == 2 and out == ''
-    assert err.count('\n') == 1 and "pip install 'masked_opt[plot]'" in err
+    assert err.count('\n') == 1 and 'pip install matplotlib' in err
 
 
 def _bad_file(tmp_path, kind):
@@ -112,11 +182,18 @@ def _bad_file(tmp_path, kind):
     (['--data', '{tmp}/missing.data'], 'cannot read ratings file .*missing.data'),
     (['--data', 'malformed'], r'u.data:5: expected a finite number as rating'),
     (['--data', 'short'], 'holds 5 ratings; expected at least 20'),
-    (['--data', 'all_old', '--cutoff', '0.9'], 'no new users and no new items'),
+    (['--data', 'all_old', '--cutoff', '0.9'], 'cutoff 0.9 leaves no new users and no new items'),
     (['--data', 'malformed', '--cutoff', '1.5'], 'u.data:5'),  # file errors come first
     (['--cutoff', '1.5', '--data', 'all_old'], 'strictly between 0 and 1'),
+    (['--cutoff', '0.85'], '--cutoff 0.85: only applies with --data'),
+    (['--data', 'all_old', '--users', '10'], '--users: only applies to synthetic data'),
+    (['--data', 'all_old', '--new-items', '2'], r'--new-items: expected a share .*\[0, 1\)'),
+    (['--data', 'all_old', '--new-items', '0.2', '--cutoff', '0.5'], 'choose one split'),
+    (['--new-items', '0.5'], 'expected a whole number of new rows for synthetic data'),
+    (['--new-items', 'x'], "expected a non-negative number, received 'x'"),
     (['--epochs', '0'], "--epochs: expected a positive int, received '0'"),
     (['--epochs', 'ten'], "--epochs: expected a positive int, received 'ten'"),
+    (['--seeds', '0'], "--seeds: expected a positive int, received '0'"),
     (['--learning-rate', 'nan'], 'expected a positive float'),
     (['--seed', '-1'], 'expected a non-negative integer'),
     (['--mode', 'bogus'], "invalid choice: 'bogus'"),
@@ -124,6 +201,10 @@ def _bad_file(tmp_path, kind):
     (['--frobnicate'], 'unrecognized arguments: --frobnicate'),
     (['--per-user', '50', '--items', '40'], '--per-user 50: expected at most --items 40'),
     (['--new-users', '0', '--new-items', '0'], 'nothing to grow'),
+    (['--mode', 'latent-split', '--latent-dim', '1'], '--latent-dim 1: latent-split trains the '
+     'last of at least 2'),
+    (['--users', '3', '--items', '3', '--per-user', '1', '--new-users', '1', '--new-items',
+      '0'], 'too small'),
     (['--plot', '{tmp}/no/such/dir/x.png'], 'does not exist'),
     (['--plot', '{tmp}/x.jpg'], 'ending in .png, .pdf or .svg'),
 ])
@@ -135,11 +216,20 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, args, message):
         fixed.append(a.replace('{tmp}', str(tmp_path)))
     if any('plot' in a for a in args):
         pytest.importorskip('matplotlib', reason='the plot checks run after the import check')
-    code, out, err = run(capsys, *fixed)
+    code, out, err = run(capsys, *fixed, '--epochs', '1', '--new-epochs', '1', '--seeds', '1',
+                         '--no-progress')
     assert code == 2, err
     assert out == ''
     assert err.count('\n') == 1 and err.startswith('masked-opt: error: '), err
     assert re.search(message, err), err
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(['demo', '--help'])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and '--new-items' in out and '--seeds' in out
+    assert '``' not in out and ':func:' not in out and ':mod:' not in out
 
 
 def test_no_subcommand_is_an_error(capsys):
@@ -156,16 +246,17 @@ def test_python_dash_m_entry_point(tmp_path):
         'masked-opt: error: cannot read ratings file %s: No such file or directory'
         % (tmp_path / 'none.data')]
     good = subprocess.run([sys.executable, '-m', 'masked_opt', 'demo', *TINY, '--epochs', '1',
-                           '--new-epochs', '1', '--json'], capture_output=True, text=True,
-                          env=env)
+                           '--new-epochs', '1', '--seeds', '1', '--json'], capture_output=True,
+                          text=True, env=env)
     assert good.returncode == 0, good.stderr
     assert json.loads(good.stdout)['frozen_entries_changed'] == 0
 
 
 def test_progress_bars_go_to_stderr(capsys):
     args = [a for a in TINY if a != '--no-progress']
-    code, out, err = run(capsys, *args, '--epochs', '1', '--new-epochs', '1', '--json')
+    code, out, err = run(capsys, *args, '--epochs', '1', '--new-epochs', '1', '--seeds', '1',
+                         '--json')
     assert code == 0
     assert json.loads(out)['ok'] is True  # stdout stays clean JSON
-    assert 'train new rows (masked)' in err
-    assert np.isfinite(json.loads(out)['rmse']['new_pairs_after'])
+    assert 'new rows (masked)' in err
+    assert np.isfinite(json.loads(out)['summary']['rmse.masked']['mean'])

@@ -6,11 +6,15 @@ import pytest
 from masked_opt.data import (
     MIN_RATINGS,
     DataError,
+    Ratings,
     RawRatings,
+    holdout_split,
     load_ratings,
+    pair_types,
     random_split,
     synthetic_split,
     time_split,
+    validation_split,
 )
 
 
@@ -157,3 +161,65 @@ def test_random_split_keeps_every_rating():
     assert (s.n_users, s.n_items, s.n_new_users, s.n_new_items) == (7, 11, 0, 0)
     assert s.sizes()['old_train'] == 80 and s.sizes()['old_test'] == 20
     assert s.sizes()['new_train'] == 0
+
+
+def test_random_split_label_shift_comes_from_training_ratings_only():
+    # Test ratings far from the training ones: if they entered the shift, the training labels
+    # would not average 1 (the forum model's 1 - <u, v> with zero rows).
+    rng = np.random.default_rng(0)
+    pairs = rng.permutation(20 * 25)[:400]          # distinct (user, item) pairs
+    u, i = pairs // 25, pairs % 25
+    raw = RawRatings(u, i, rng.uniform(1, 5, 400), np.arange(400))
+    s = random_split(raw, seed=3)
+    train_mean = s.old_train.label.astype(np.float64).mean()
+    assert abs(train_mean - 1.0) < 1e-6
+    # Change only the held-out ratings: the training labels stay exactly as they were.
+    users = {x: k for k, x in enumerate(dict.fromkeys(u.tolist()))}
+    items = {x: k for k, x in enumerate(dict.fromkeys(i.tolist()))}
+    rows = list(zip([users[x] for x in u.tolist()], [items[x] for x in i.tolist()], strict=True))
+    test_keys = set(zip(s.old_test.user.tolist(), s.old_test.item.tolist(), strict=True))
+    held = np.array([r in test_keys for r in rows])
+    shifted = raw.rating.copy()
+    shifted[held] += 100.0
+    again = random_split(RawRatings(u, i, shifted, raw.timestamp), seed=3)
+    assert np.array_equal(again.old_train.label, s.old_train.label)
+
+
+def test_time_split_label_shift_comes_from_old_training_ratings_only():
+    raw = RawRatings(np.repeat(np.arange(10), 5), np.tile(np.arange(5), 10) +
+                     10 * (np.repeat(np.arange(10), 5) >= 8), np.full(50, 4.0), np.arange(50))
+    s = time_split(raw, 0.8)
+    late = np.arange(50) > np.quantile(np.arange(50), 0.8, method='lower')
+    shifted = raw.rating.copy()
+    shifted[late] = 1.0                            # only ratings after the cut-off change
+    again = time_split(RawRatings(raw.user, raw.item, shifted, raw.timestamp), 0.8)
+    assert np.array_equal(again.old_train.label, s.old_train.label)
+
+
+def test_holdout_split_holds_out_whole_items():
+    rng = np.random.default_rng(1)
+    u, i = rng.integers(0, 40, 2000), rng.integers(0, 50, 2000)
+    raw = RawRatings(u, i, rng.integers(1, 6, 2000).astype(float), np.arange(2000))
+    s = holdout_split(raw, new_items=0.2, seed=4)
+    assert (s.n_old_items, s.n_new_items, s.n_new_users) == (40, 10, 0)
+    new_pairs = np.concatenate([s.new_train.item, s.new_test.item])
+    old_pairs = np.concatenate([s.old_train.item, s.old_test.item])
+    assert (new_pairs >= s.n_old_items).all() and (old_pairs < s.n_old_items).all()
+    assert len(new_pairs) + len(old_pairs) == 2000           # every rating is somewhere
+    assert abs(s.old_train.label.astype(np.float64).mean() - 1.0) < 1e-6
+    both = holdout_split(raw, new_users=0.1, new_items=0.1, seed=4)
+    assert both.n_new_users == 4 and both.n_new_items == 5
+    assert set(pair_types(both.new_test, both.n_old_users, both.n_old_items)) <= {0, 1, 2}
+    with pytest.raises(DataError, match=r'--new-items: expected a share of the ids in \[0, 1\)'):
+        holdout_split(raw, new_items=3)
+    with pytest.raises(DataError, match='nothing to grow'):
+        holdout_split(raw, new_items=0.0)
+
+
+def test_validation_split_is_a_partition():
+    r = synthetic_split(30, 20, 5, 4, per_user=5).old_train
+    fit, val = validation_split(r, 0.1, seed=2)
+    assert len(val.label) == round(0.1 * len(r.label)) and len(fit.label) + len(val.label) == len(
+        r.label)
+    key = lambda x: sorted(zip(x.user.tolist(), x.item.tolist(), strict=True))  # noqa: E731
+    assert key(Ratings(*(np.concatenate(p) for p in zip(fit, val, strict=True)))) == key(r)

@@ -60,11 +60,10 @@ def objective(users, items, n_old_users, n_old_items, ratings, lam):
 def _ridge(design, target, row, n_rows, lam):
     """Per row ``r``: argmin_w sum_{k: row_k = r} (target_k - design_k . w)**2 + lam ||w||**2."""
     dim = design.shape[1]
-    gram = np.zeros((n_rows, dim, dim))
-    np.add.at(gram, row, design[:, :, None] * design[:, None, :])
-    rhs = np.zeros((n_rows, dim))
-    np.add.at(rhs, row, design * target[:, None])
-    gram += lam * np.eye(dim)
+    outer = (design[:, :, None] * design[:, None, :]).reshape(len(row), dim * dim)
+    gram = np.stack([np.bincount(row, outer[:, j], n_rows) for j in range(dim * dim)], axis=1)
+    gram = gram.reshape(n_rows, dim, dim) + lam * np.eye(dim)
+    rhs = np.stack([np.bincount(row, design[:, j] * target, n_rows) for j in range(dim)], axis=1)
     return np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
 
 
