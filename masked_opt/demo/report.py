@@ -93,7 +93,7 @@ def format_report(report):
     >>> from masked_opt.data import synthetic_split
     >>> r = run_seeds(lambda seed: synthetic_split(30, 20, 5, 4, per_user=5, seed=seed),
     ...               seeds=[0], epochs=1, new_epochs=1)
-    >>> print(format_report(r)[3])
+    >>> print(format_report(r)[4])
     frozen entries changed (old rows, compared on the bits): 0 of 400, in each of 1 seed  OK
     """
     s, d, m = report['settings'], report['data'], report['summary']

@@ -1,0 +1,122 @@
+"""The README's demo output and the numbers of ``docs/howto/grow.md``, generated, never pasted.
+
+``python -m masked_opt.demo.readme`` runs ``masked-opt demo`` with its defaults and rewrites
+the generated blocks in place: each sits between ``<!-- generated: NAME -->`` and
+``<!-- end generated: NAME -->``. ``--check`` only compares and exits 1 when a block is stale.
+The wall-time line is shown but never compared (it depends on the machine);
+``tests/test_readme_block.py`` runs the check.
+"""
+import contextlib
+import io
+import pathlib
+import re
+import sys
+
+__all__ = ['demo_output', 'blocks', 'replace_block', 'stale_blocks', 'ROOT', 'PAGES']
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+#: The files holding generated blocks, by block name.
+PAGES = {'demo-output': 'README.md', 'grow-numbers': 'docs/howto/grow.md'}
+_TIME = re.compile(r'^wall time per seed:.*$', re.M)
+
+
+def demo_output(argv=('demo', '--no-progress')):
+    """Run ``masked-opt`` with ``argv``; return ``(exit code, stdout text)``."""
+    from ..cli import main
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(argv))
+    return code, out.getvalue()
+
+
+def _numbers_table(text):
+    """The grow how-to's table, read off the demo's text report."""
+    def row(label):
+        match = re.search(r'^  %s +(.+)$' % re.escape(label), text, re.M)
+        return match.group(1) if match else 'n/a'
+    ks = re.findall(r'^  (at init|after masked) +member .*KS (.+)$', text, re.M)
+    gap = re.search(r'^gap of masked training to the ceiling: (.+)$', text, re.M)
+    lines = ['| | new-pair test RMSE (mean +- sd, 3 seeds) |', '|---|---|']
+    for label in ('new rows at init (mean_cov)', 'masked training (only the new rows train)',
+                  'ceiling: ridge fold-in, old rows frozen',
+                  'full retrain of everything from scratch', 'floor: bias only, mu + b_u + b_i',
+                  'floor: global mean'):
+        lines.append('| %s | %s |' % (label, row(label)))
+    lines.append('')
+    lines.append('Gap of masked training to the ceiling: %s. KS distance between old and new '
+                 'member-row norms: %s.' % (gap.group(1) if gap else 'n/a', '; '.join(
+                     '%s %s' % (when, value) for when, value in ks)))
+    return '\n'.join(lines)
+
+
+def blocks(text):
+    """The generated blocks for a demo report ``text``: ``{name: block body}``."""
+    return {'demo-output': '```text\n%s\n```' % text.rstrip('\n'),
+            'grow-numbers': _numbers_table(text)}
+
+
+def _markers(name):
+    return '<!-- generated: %s -->\n' % name, '<!-- end generated: %s -->' % name
+
+
+def replace_block(page, name, body):
+    """``page`` with the block ``name`` replaced by ``body``; ValueError when it has none.
+
+    Examples
+    --------
+    >>> from masked_opt.demo.readme import replace_block
+    >>> page = 'a\\n<!-- generated: x -->\\nold\\n<!-- end generated: x -->\\nb\\n'
+    >>> print(replace_block(page, 'x', 'new'))
+    a
+    <!-- generated: x -->
+    new
+    <!-- end generated: x -->
+    b
+    <BLANKLINE>
+    """
+    start, end = _markers(name)
+    if start not in page or end not in page:
+        raise ValueError('expected the markers %r and %r in the page; add them around the '
+                         'block to generate' % (start.strip(), end))
+    head, rest = page.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + start + body + '\n' + end + tail
+
+
+def _comparable(text):
+    return _TIME.sub('wall time per seed: (not compared)', text)
+
+
+def stale_blocks(text, root=ROOT):
+    """Names of the generated blocks whose page differs from ``text``'s (timings aside)."""
+    stale = []
+    for name, body in blocks(text).items():
+        page = (root / PAGES[name]).read_text(encoding='utf-8')
+        if _comparable(replace_block(page, name, body)) != _comparable(page):
+            stale.append(name)
+    return stale
+
+
+def main(argv=None):
+    """``python -m masked_opt.demo.readme [--check]``: rewrite (or check) the blocks."""
+    argv = sys.argv[1:] if argv is None else argv
+    code, text = demo_output()
+    if code != 0:
+        print('the demo exited with %d; not touching the pages' % code, file=sys.stderr)
+        return code
+    if '--check' in argv:
+        stale = stale_blocks(text)
+        for name in stale:
+            print('stale: the %s block of %s; run python -m masked_opt.demo.readme'
+                  % (name, PAGES[name]), file=sys.stderr)
+        return 1 if stale else 0
+    for name, body in blocks(text).items():
+        path = ROOT / PAGES[name]
+        path.write_text(replace_block(path.read_text(encoding='utf-8'), name, body),
+                        encoding='utf-8')
+        print('wrote the %s block of %s' % (name, PAGES[name]))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
