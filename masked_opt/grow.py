@@ -2,12 +2,14 @@
 
 After a model is trained, new ids arrive. Growing a table means: keep every old row
 bit-for-bit, append one row per new id, start the new rows somewhere sensible, and return the
-mask that trains only them (:func:`~masked_opt.train_rows_from` with the old row count). Four
+mask that trains only them (:func:`~masked_opt.train_rows_from` with the old row count). The
 entry points, one per place a table lives:
 
 - :func:`grow_table` -- one NDArray or numpy array;
 - :func:`grow_params` -- Module's ``arg_params`` dict (as from ``mx.model.load_checkpoint``);
+  an output layer's 1-D bias grows with its weight (new classes of a classifier);
 - :func:`grow_embedding` -- a Gluon ``nn.Embedding`` or ``contrib.nn.SparseEmbedding``, in place;
+- :func:`grow_dense` -- a Gluon ``nn.Dense`` output layer (weight rows and bias), in place;
 - :func:`grow_vocab` -- the id -> row map that goes with a table.
 
 How new rows start (``init``), all seeded:
@@ -58,13 +60,15 @@ import scipy.linalg
 
 from .masks import train_rows_from
 
-__all__ = ['INIT_METHODS', 'DEFAULT_INIT', 'row_stats', 'init_rows', 'grow_table',
-           'grow_params', 'grow_embedding', 'grow_vocab', 'VocabGrowth']
+__all__ = ['INIT_METHODS', 'DEFAULT_INIT', 'BIAS_INIT', 'row_stats', 'init_rows', 'grow_table',
+           'grow_params', 'grow_embedding', 'grow_dense', 'grow_vocab', 'VocabGrowth']
 
 #: The names accepted by ``init`` (besides a callable).
 INIT_METHODS = ('mean_cov', 'normal_like', 'mean', 'zeros', 'copy')
 #: The default ``init``: new rows drawn from the old rows' mean and covariance.
 DEFAULT_INIT = 'mean_cov'
+#: The default ``init`` of a 1-D bias grown with its weight: the old entries' mean.
+BIAS_INIT = 'mean'
 
 # Rows read to the host at once when streaming statistics: 65536 x 64 float64 = 32 MB.
 _CHUNK_ROWS = 1 << 16
@@ -91,7 +95,9 @@ def _table_kind(table, name):
                         % (name, type(table).__name__))
     if len(table.shape) != 2:
         raise ValueError('%s: expected a 2-D table (rows x dim), received shape %s. Only '
-                         'embedding-like parameters can grow rows.' % (name, tuple(table.shape)))
+                         'embedding-like parameters and output layers (weight rows; grow_params '
+                         'grows a 1-D bias with its weight) can grow rows.'
+                         % (name, tuple(table.shape)))
     if not np.issubdtype(np.dtype(table.dtype), np.floating):
         raise TypeError('%s: expected a floating-point table (float16/32/64), received dtype '
                         '%s' % (name, np.dtype(table.dtype)))
@@ -407,8 +413,22 @@ def grow_table(table, n_new, init=DEFAULT_INIT, *, seed=0, name='table'):
 
 
 # ---------------------------------------------------------------------------- Module world
+def _bias_of(name, arg_params):
+    """``'fc_bias'`` for ``'fc_weight'`` when it exists and is 1-D (an output layer's bias)."""
+    if not name.endswith('_weight'):
+        return None
+    bias = name[:-len('_weight')] + '_bias'
+    table = arg_params.get(bias)
+    return bias if table is not None and len(table.shape) == 1 else None
+
+
 def grow_params(arg_params, add, init=DEFAULT_INIT, *, seed=0):
-    """Grow embedding tables in a Module ``arg_params`` dict; return new params and masks.
+    """Grow tables in a Module ``arg_params`` dict; return new params and masks.
+
+    A 2-D parameter (an embedding, an output layer's weight) gets rows; a 1-D parameter (a
+    bias) gets entries. An output layer's bias grows **together with its weight**: growing
+    ``'fc_weight'`` by ``n`` also grows ``'fc_bias'`` by ``n`` when it exists with one entry
+    per weight row (new classes of a classifier; ``init`` ``'mean'`` for it unless given).
 
     Parameters
     ----------
@@ -417,7 +437,9 @@ def grow_params(arg_params, add, init=DEFAULT_INIT, *, seed=0):
     add : dict of str to int
         Rows to add per parameter, e.g. ``{'book_embedding_weight': 120}``.
     init : str, tuple, callable or dict, default 'mean_cov'
-        One init for every table, or a dict name -> init (see :func:`init_rows`).
+        One init for every table, or a dict name -> init (see :func:`init_rows`). A 1-D
+        parameter is treated as a one-column table (``'mean_cov'`` draws from a normal with
+        the old entries' mean and variance).
     seed : int or None, default 0
         Each table gets its own stream derived from ``seed`` and its name, so the result does
         not depend on dict order.
@@ -427,13 +449,15 @@ def grow_params(arg_params, add, init=DEFAULT_INIT, *, seed=0):
     params : dict of str to NDArray
         A new dict: grown tables are new arrays, other entries are the same objects.
     masks : dict of str to Mask
-        ``train_rows_from(n_old)`` per grown table, for ``optimizer_params['masks']``.
+        ``train_rows_from(n_old)`` per grown parameter (biases included), for
+        ``optimizer_params['masks']``.
 
     Raises
     ------
     ValueError, TypeError
-        Unknown names, rows to add that are not positive integers, tables that are not 2-D or
-        not floating, non-finite old rows, bad init; raised before anything is built.
+        Unknown names, rows to add that are not positive integers, tables that are not 1-D or
+        2-D or not floating, a bias grown by another count than its weight, non-finite old
+        rows, bad init; raised before anything is built.
 
     Examples
     --------
@@ -447,7 +471,16 @@ def grow_params(arg_params, add, init=DEFAULT_INIT, *, seed=0):
     >>> masks
     {'book_embedding_weight': Mask(rows=from 20)}
 
-    Then rebuild the symbol with ``input_dim=25`` and call
+    A classifier's output layer: the bias follows its weight.
+
+    >>> head = {'fc_weight': mx.nd.ones((3, 4)), 'fc_bias': mx.nd.array([0.1, 0.2, 0.3])}
+    >>> params, masks = mo.grow_params(head, {'fc_weight': 2})
+    >>> params['fc_weight'].shape, [round(float(b), 2) for b in params['fc_bias'].asnumpy()]
+    ((5, 4), [0.1, 0.2, 0.3, 0.2, 0.2])
+    >>> sorted(masks)
+    ['fc_bias', 'fc_weight']
+
+    Then rebuild the symbol with the new sizes and call
     ``mod.fit(..., arg_params=params, optimizer='masked',
     optimizer_params={'base': 'adam', 'masks': masks})``.
     """
@@ -458,7 +491,22 @@ def grow_params(arg_params, add, init=DEFAULT_INIT, *, seed=0):
     if unknown:
         raise ValueError('grow_params: unknown parameter names %s; known names are %s'
                          % (unknown, sorted(arg_params)))
-    inits = init if isinstance(init, dict) else {k: init for k in add}
+    add = dict(add)
+    inits = dict(init) if isinstance(init, dict) else {k: init for k in add}
+    for name in sorted(add):
+        bias = _bias_of(name, arg_params)
+        if bias is None or len(arg_params[name].shape) != 2 or \
+                arg_params[bias].shape[0] != arg_params[name].shape[0]:
+            continue
+        if bias in add and add[bias] != add[name]:
+            raise ValueError('%s: grows by %r but its weight %s by %r; an output layer needs '
+                             'one bias entry per weight row: grow both by the same count (or '
+                             'leave the bias out, it follows its weight)'
+                             % (bias, add[bias], name, add[name]))
+        add[bias] = add[name]
+        if bias not in inits:
+            inits[bias] = inits.get(name, DEFAULT_INIT) if isinstance(init, dict) and \
+                bias in init else BIAS_INIT
     extra = sorted(set(inits) - set(add))
     if extra:
         raise ValueError('init: names %s are not being grown; expected a subset of %s'
@@ -467,97 +515,22 @@ def grow_params(arg_params, add, init=DEFAULT_INIT, *, seed=0):
     plan = {}
     for name in sorted(add):
         table = arg_params[name]
-        kind = _table_kind(table, name)
+        flat = len(table.shape) == 1 and isinstance(table, (np.ndarray, mx.nd.NDArray)) and \
+            getattr(table, 'stype', 'default') == 'default'
+        as_table = table.reshape((-1, 1)) if flat else table
+        kind = _table_kind(as_table, name)
         n_new = _check_n_new(add[name], name)
-        _check_init(inits.get(name, DEFAULT_INIT), table.shape[0], n_new, name)
-        plan[name] = (table, kind, n_new)
+        _check_init(inits.get(name, DEFAULT_INIT), as_table.shape[0], n_new, name)
+        plan[name] = (as_table, kind, n_new, flat)
     rows = {name: _new_rows(table, kind, n_new, inits.get(name, DEFAULT_INIT),
                             _rng(seed, name), name)
-            for name, (table, kind, n_new) in plan.items()}
+            for name, (table, kind, n_new, _) in plan.items()}
     params = dict(arg_params)
-    for name, (table, kind, _) in plan.items():
-        params[name] = _append(table, kind, rows[name])
-    masks = {name: train_rows_from(table.shape[0]) for name, (table, _, _) in plan.items()}
+    for name, (table, kind, _, flat) in plan.items():
+        grown = _append(table, kind, rows[name])
+        params[name] = grown.reshape((-1,)) if flat else grown
+    masks = {name: train_rows_from(table.shape[0]) for name, (table, _, _, _) in plan.items()}
     return params, masks
-
-
-# ---------------------------------------------------------------------------- Gluon world
-def grow_embedding(block, n_new, init=DEFAULT_INIT, *, seed=0, parent=None):
-    """Grow a trained Gluon ``nn.Embedding`` / ``contrib.nn.SparseEmbedding`` in place.
-
-    The block keeps its Parameter object, hence its name, contexts, dtype, storage type and
-    ``grad_stype``; only the data (and gradient buffers) get ``n_new`` more rows, identical
-    on every context. Old rows are bit-identical.
-
-    Parameters
-    ----------
-    block : mxnet.gluon.nn.Embedding or mxnet.gluon.contrib.nn.SparseEmbedding
-        Initialized (trained) embedding block.
-    n_new : int
-        Rows to add (> 0).
-    init, seed
-        As in :func:`init_rows`; ``seed`` streams are derived from the parameter's name.
-    parent : mxnet.gluon.Block, optional
-        The network holding ``block``. A hybridized network caches its graph with the old
-        ``input_dim``; passing it here drops those caches (as ``net.hybridize()`` again would).
-
-    Returns
-    -------
-    Mask
-        ``train_rows_from(n_old)``: key it by ``block.weight`` in a **new** Trainer (a Trainer
-        made before growing holds optimizer states and kvstore buffers of the old shape).
-
-    Examples
-    --------
-    >>> import mxnet as mx
-    >>> import masked_opt as mo
-    >>> emb = mx.gluon.nn.Embedding(10, 4)
-    >>> emb.initialize()
-    >>> old = emb.weight.data().asnumpy()
-    >>> mask = mo.grow_embedding(emb, 3, seed=0)
-    >>> emb.weight.shape, emb(mx.nd.array([12])).shape
-    ((13, 4), (1, 4))
-    >>> bool((emb.weight.data().asnumpy()[:10] == old).all())
-    True
-    >>> trainer = mx.gluon.Trainer(emb.collect_params(), 'masked',
-    ...                            {'base': 'adam', 'masks': {emb.weight: mask}})
-    """
-    from mxnet.gluon.contrib.nn import SparseEmbedding
-    if not isinstance(block, (mx.gluon.nn.Embedding, SparseEmbedding)):
-        raise TypeError('grow_embedding: expected an nn.Embedding or contrib.nn.SparseEmbedding'
-                        ', received %s. For other layers grow the parameter with grow_table.'
-                        % type(block).__name__)
-    param = block.weight
-    name = param.name
-    n_new = _check_n_new(n_new, name)
-    if param._data is None:
-        raise ValueError('grow_embedding: parameter %r is not initialized; expected a trained '
-                         'embedding (call initialize() and train it first)' % name)
-    if parent is not None and not any(b is block for b in _walk(parent)):
-        raise ValueError('grow_embedding: parent %s does not contain the embedding %s; pass '
-                         'the network that holds it' % (parent.name, block.name))
-    datas = list(param._data)
-    kind = _table_kind(datas[0], name)
-    rows = _new_rows(datas[0], kind, n_new, init, _rng(seed, name), name)
-    # Everything is checked: from here on the block is changed.
-    grown = [_append(d, kind, rows) for d in datas]
-    param._shape = (datas[0].shape[0] + n_new,) + tuple(datas[0].shape[1:])
-    param._data = grown
-    param._init_grad()  # fresh gradient buffers of the new shape, same grad_stype and grad_req
-    # A Trainer made before growing is stale; a row_sparse Parameter refuses a second Trainer
-    # while it still points to the first one.
-    param._trainer = None
-    block._kwargs['input_dim'] = param._shape[0]
-    for b in _walk(parent if parent is not None else block):
-        if hasattr(b, '_clear_cached_op'):
-            b._clear_cached_op()
-    return train_rows_from(datas[0].shape[0])
-
-
-def _walk(block):
-    yield block
-    for child in block._children.values():
-        yield from _walk(child)
 
 
 # ---------------------------------------------------------------------------- vocabularies
@@ -670,3 +643,7 @@ def grow_vocab(vocab, new_ids, *, n_rows=None):
             out[new] = int(n_rows) + len(added)
             added.append(new)
     return VocabGrowth(out, added, int(n_rows), train_rows_from(int(n_rows)))
+
+
+# The Gluon helpers live in their own module; they are part of this one's API.
+from ._gluon_grow import grow_dense, grow_embedding  # noqa: E402  (uses the helpers above)

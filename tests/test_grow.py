@@ -276,6 +276,7 @@ def _params():
     rng = np.random.default_rng(0)
     return {'emb_weight': mx.nd.array(rng.normal(size=(6, 3))),
             'bias': mx.nd.array(rng.normal(size=(6,))),
+            'emb_bias': mx.nd.array(rng.normal(size=(6,))),
             'cube': mx.nd.array(rng.normal(size=(2, 3, 4))),
             'ids': mx.nd.array(np.arange(6).reshape(3, 2), dtype='int32'),
             'tiny_weight': mx.nd.array(rng.normal(size=(1, 3)))}
@@ -288,7 +289,6 @@ def _params():
     ({'emb_weight': 1.5}, 'mean_cov', ValueError, 'received 1.5'),
     ({'emb_weight': True}, 'mean_cov', ValueError, 'received True'),
     ({'nope': 1}, 'mean_cov', ValueError, r"unknown parameter names \['nope'\]; known names"),
-    ({'bias': 1}, 'mean_cov', ValueError, 'bias: expected a 2-D table'),
     ({'cube': 1}, 'mean_cov', ValueError, r'received shape \(2, 3, 4\)'),
     ({'ids': 1}, 'mean_cov', TypeError, 'floating-point table.*int32'),
     ({'tiny_weight': 1}, 'mean_cov', ValueError, 'at least 2 of them, received 1'),
@@ -300,7 +300,9 @@ def _params():
     ({'emb_weight': 2}, lambda s, r: np.zeros(s, dtype=int), TypeError, 'dtype int'),
     ({'emb_weight': 2}, lambda s, r: np.full(s, np.inf), ValueError, 'not finite'),
     ({'emb_weight': 2}, {'bias': 'mean'}, ValueError, 'not being grown'),
-    ({'emb_weight': 2, 'bias': 1}, 'mean_cov', ValueError, 'bias'),  # one bad, none grown
+    ({'emb_weight': 2, 'cube': 1}, 'mean_cov', ValueError, 'cube'),  # one bad, none grown
+    ({'emb_weight': 2, 'emb_bias': 3}, 'mean_cov', ValueError, 'emb_bias: grows by 3 but its '
+     'weight emb_weight by 2'),
     ([('emb_weight', 2)], 'mean_cov', TypeError, 'non-empty dict'),
 ])
 def test_grow_params_bad_input_changes_nothing(add, init, error, match):
