@@ -99,6 +99,8 @@ def _count_or_share(text):
 def _parser():
     parser = _Parser(prog='masked-opt', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+    sub.add_parser('info', help='which update path runs here: the native sparse operators or '
+                   'the pure MXNet path, and why')
     demo = sub.add_parser('demo', help='grow a trained recommender with new users and items '
                           'and train only the new rows (see demo --help)',
                           description=__doc__.split('\n\n', 1)[1],
@@ -210,6 +212,27 @@ def _split_maker(args):
     return lambda seed: time_split(raw, cutoff, seed=seed, source=source)
 
 
+def native_info():
+    """What ``masked-opt info`` prints: versions and which sparse update path runs.
+
+    Examples
+    --------
+    >>> from masked_opt.cli import native_info
+    >>> 'native sparse operators:' in native_info()
+    True
+    """
+    import mxnet as mx
+
+    from . import __version__, native
+    st = native.status()
+    if st.loaded:
+        path = 'loaded from %s (contiguous 0/1 blocks with SGD/Adam on CPU run natively)' % st.path
+    else:
+        path = 'not used, the pure MXNet path runs (same bits, slower): %s' % st.reason
+    return 'masked_opt %s, mxnet %s\nnative sparse operators: %s' % (__version__,
+                                                                    mx.__version__, path)
+
+
 def main(argv=None):
     """Entry point of ``masked-opt``; returns the exit code (0 ok, 1 check failed, 2 input).
 
@@ -224,6 +247,9 @@ def main(argv=None):
     """
     try:
         args = _parser().parse_args(argv)
+        if args.command == 'info':
+            print(native_info())
+            return 0
         if args.plot:
             from .demo.plot import check_target
             check_target(args.plot)

@@ -41,13 +41,14 @@ from collections import namedtuple
 import mxnet as mx
 
 __all__ = ['ABI', 'LIB_NAME', 'Status', 'available', 'status', 'notify_fallback',
-           'rsp_block', 'gather_rows', 'scatter_rows']
+           'rsp_block', 'rsp_block_gather', 'gather_rows', 'scatter_rows']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
-ABI = 1
+ABI = 2
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
-OPS = ('masked_opt_rsp_block', 'masked_opt_gather_rows', 'masked_opt_scatter_rows')
+OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_gather_rows',
+       'masked_opt_scatter_rows')
 
 REBUILD = ('install a C++ compiler (g++) and reinstall masked_opt from its source with '
            '`pip install --force-reinstall --no-deps .`')
@@ -235,6 +236,17 @@ def rsp_block(grad, lo, hi, c0, c1):
     ``[lo, hi)`` minus `lo`, in order (possibly none). Asynchronous: nothing is read on the host.
     """
     return _op('masked_opt_rsp_block')(grad, lo=int(lo), hi=int(hi), c0=int(c0), c1=int(c1))
+
+
+def rsp_block_gather(grad, weight, scratch, lo, hi, c0, c1):
+    """:func:`rsp_block` and the weight's block at the same rows, in one engine operation.
+
+    Returns what ``rsp_block(grad, lo, hi, c0, c1)`` returns, and writes, for each of its row
+    ids ``r``, ``weight[lo + r, c0:c1]`` into ``scratch[r]`` (dense ``(hi - lo, c1 - c0)``,
+    modified in place; its other rows are left as they were). `weight` is dense ``(V, D)``.
+    """
+    return _op('masked_opt_rsp_block_gather')(grad, weight, scratch, lo=int(lo), hi=int(hi),
+                                              c0=int(c0), c1=int(c1))
 
 
 def gather_rows(weight, gblock, c0, out=None):

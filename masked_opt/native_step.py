@@ -14,9 +14,10 @@ rows only (``train_rows_from``, ``train_rows(range(a, b))``)
     the optimizer updates ``weight[lo:hi]``, an axis-0 slice that MXNet makes a view of the
     weight, so the lazy kernel writes the weight in place. Two engine operations.
 columns (``train_cols(range(c0, c1))``), alone or with a row range
-    the re-keyed gradient keeps columns ``[c0, c1)`` only; ``masked_opt_gather_rows`` copies
-    the batch rows' column block into a block-sized scratch, the lazy kernel updates scratch
-    and state, and ``masked_opt_scatter_rows`` writes those rows back. Four operations.
+    ``masked_opt_rsp_block_gather`` re-keys the gradient keeping columns ``[c0, c1)`` only
+    and copies the batch rows' column block of the weight into a block-sized scratch; the lazy
+    kernel updates scratch and state, and ``masked_opt_scatter_rows`` writes those rows back.
+    Three engine operations.
 
 Either way the state is the block-sized state the pure path uses, so the two paths can take
 turns on one state (a checkpoint written on one loads on the other). Frozen entries are never
@@ -152,10 +153,23 @@ class NativeBlockStep:
     fractional = False
 
     def __init__(self, plan, weight, grad):
-        self._plan = plan
         (self._lo, self._hi), (self._c0, self._c1) = plan.native_ranges
         self._all_cols = self._c0 == 0 and self._c1 == weight.shape[1]
-        self._grad = native.rsp_block(grad, self._lo, self._hi, self._c0, self._c1)
+        ranges = (self._lo, self._hi, self._c0, self._c1)
+        if self._all_cols:
+            self._grad, self._scratch = native.rsp_block(grad, *ranges), None
+            return
+        # A block-sized scratch kept by the plan (like the state, C6): a fresh (R, k) output
+        # every step costs an allocation of the whole block (measured 0.3-1.7 ms at 100k x 64).
+        # Only the batch rows of it are written, updated and read back; reusing it is safe
+        # because MXNet's engine orders this step's scatter before the next step's gather.
+        scratch = plan._buffers.get('native_scratch')
+        if scratch is None or scratch.dtype != weight.dtype:
+            scratch = plan._buffers['native_scratch'] = nd.empty(
+                plan.block_shape, ctx=weight.context, dtype=weight.dtype)
+        self._scratch = scratch
+        # The gradient's block and the weight's block at the same rows, in one operation.
+        self._grad = native.rsp_block_gather(grad, weight, scratch, *ranges)
 
     def _rows(self, weight):
         # An axis-0 slice of an NDArray is a view: writes through it land in the weight.
@@ -164,19 +178,8 @@ class NativeBlockStep:
         return weight[self._lo:self._hi]
 
     def gather_weight(self, weight):
-        """What the lazy kernel updates: the rows view, or a scratch with the column block."""
-        rows = self._rows(weight)
-        if self._all_cols:
-            return rows
-        # A block-sized scratch kept by the plan (like the state, C6): a fresh (R, k) output
-        # every step costs an allocation of the whole block (measured 0.3-1.7 ms at 100k x 64).
-        # Only the batch rows of it are written, updated and read back; reusing it is safe
-        # because MXNet's engine orders this step's scatter before the next step's gather.
-        scratch = self._plan._buffers.get('native_scratch')
-        if scratch is None or scratch.dtype != weight.dtype:
-            scratch = self._plan._buffers['native_scratch'] = nd.empty(
-                self._plan.block_shape, ctx=weight.context, dtype=weight.dtype)
-        return native.gather_rows(rows, self._grad, self._c0, out=scratch)
+        """What the lazy kernel updates: the rows view, or the scratch with the column block."""
+        return self._rows(weight) if self._all_cols else self._scratch
 
     def gather_grad(self, grad):
         """The re-keyed (and column-cut) row_sparse gradient of the block."""

@@ -100,6 +100,24 @@ def test_rsp_block_matches_numpy(lib, case):
     assert_same_bits(dense, out.tostype('default'), 'dense form')
 
 
+@given(case=block_case())
+def test_rsp_block_gather_is_rsp_block_and_the_weights_block(lib, case):
+    V, D, lo, hi, c0, c1, dtype = (case[k] for k in ('V', 'D', 'lo', 'hi', 'c0', 'c1', 'dtype'))
+    ids = np.asarray(case['ids'], np.int64)
+    grad, _ = row_sparse(case['seed'], ids, (V, D), dtype)
+    w = random_bits(case['seed'] + 1, (V, D), dtype)
+    prior = random_bits(case['seed'] + 2, (hi - lo, c1 - c0), dtype)
+    scratch = mx.nd.array(prior, dtype=dtype)
+    out = native.rsp_block_gather(grad, mx.nd.array(w, dtype=dtype), scratch, lo, hi, c0, c1)
+    alone = native.rsp_block(grad, lo, hi, c0, c1)
+    np.testing.assert_array_equal(out.indices.asnumpy(), alone.indices.asnumpy())
+    assert_same_bits(alone.data, out.data, 'gradient block')
+    kept = ids[(ids >= lo) & (ids < hi)]
+    expect = prior.copy()
+    expect[kept - lo] = w[kept, c0:c1]   # the kept rows; every other row as it was
+    assert_same_bits(expect, scratch, 'scratch')
+
+
 @pytest.mark.parametrize('dtype', DTYPES)
 def test_rsp_block_of_empty_and_of_no_kept_rows(lib, dtype):
     """Zero rows kept: a valid empty row_sparse array (usable by MXNet ops)."""
@@ -297,3 +315,12 @@ def test_notify_fallback_is_silent_when_native_is_used(lib, monkeypatch, caplog)
     with caplog.at_level(logging.WARNING, logger='masked_opt'):
         assert native.notify_fallback() is False
     assert not [r for r in caplog.records if r.name == 'masked_opt']
+
+
+@pytest.mark.parametrize('flag, expect', [('1', 'loaded from'), ('0', 'MASKED_OPT_NATIVE=0')])
+def test_masked_opt_info_says_which_path_runs(lib, flag, expect):
+    env = dict(os.environ, MASKED_OPT_NATIVE=flag)
+    out = subprocess.run([sys.executable, '-m', 'masked_opt', 'info'], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'native sparse operators:' in out.stdout and expect in out.stdout

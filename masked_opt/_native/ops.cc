@@ -9,6 +9,9 @@
  * engine's side.
  *
  *   masked_opt_rsp_block(grad; lo, hi, c0, c1)          rsp (V, D) -> rsp (hi-lo, c1-c0)
+ *   masked_opt_rsp_block_gather(grad, weight, scratch; lo, hi, c0, c1)
+ *                                                       rsp_block, and scratch (hi-lo, c1-c0)
+ *                                                       gets the weight's block at its rows
  *   masked_opt_gather_rows(weight, gblock; c0)          dense (R, D), rsp (R, k) -> dense (R, k)
  *   masked_opt_scatter_rows(weight, block, gblock; c0)  dense (R, D), dense (R, k), rsp (R, k)
  *                                                       -> dense (R, D); in place with out=weight
@@ -30,7 +33,7 @@ using namespace mxnet::ext;
 
 // Bump on every change of an operator's name, signature or semantics: the Python loader
 // (masked_opt/native.py) refuses a library whose number differs from its own (a stale build).
-#define MASKED_OPT_OPS_ABI 1
+#define MASKED_OPT_OPS_ABI 2
 
 extern "C" __attribute__((visibility("default"))) int masked_opt_ops_abi() {
   return MASKED_OPT_OPS_ABI;
@@ -313,7 +316,87 @@ MXReturnValue scatter_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return MX_SUCCESS;
 }
 
+// ---------------------------------------------------------- masked_opt_rsp_block_gather
+// rsp_block and gather_rows in one engine operation, for the column path: the block's
+// gradient rows come out as the row_sparse output, and the same rows of the weight's column
+// block are copied into `scratch` (input 2, mutated: MXNet orders it as a write). One
+// operation less per step than the two calls (each costs ~30 us of dispatch).
+const char* kBlockGather = "masked_opt_rsp_block_gather";
+
+MXReturnValue block_gather_parse(const Attrs& attrs, int* num_in, int* num_out) {
+  if (block_parse(attrs, num_in, num_out) != MX_SUCCESS) return MX_FAIL;
+  *num_in = 3;
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_gather_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  return same_float_types(kBlockGather, in, out);
+}
+
+MXReturnValue block_gather_stype(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
+  if (in->at(0) != kRowSparseStorage || in->at(1) != kDefaultStorage ||
+      in->at(2) != kDefaultStorage) {
+    MX_ERROR_MSG << kBlockGather << ": need a row_sparse grad, a dense weight and a dense "
+                 << "scratch";
+    return MX_FAIL;
+  }
+  out->at(0) = kRowSparseStorage;
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_gather_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
+  if (block_shape(attrs, in, out) != MX_SUCCESS) return MX_FAIL;
+  if (!check_2d(*in, 1, kBlockGather, "weight") || !check_2d(*in, 2, kBlockGather, "scratch"))
+    return MX_FAIL;
+  if (in->at(1) != in->at(0) || in->at(2) != out->at(0)) {
+    MX_ERROR_MSG << kBlockGather << ": weight must have grad's shape and scratch the block's ("
+                 << out->at(0)[0] << ", " << out->at(0)[1] << ")";
+    return MX_FAIL;
+  }
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_gather_mutate(const Attrs&, std::vector<int>* inputs) {
+  inputs->push_back(2);
+  return MX_SUCCESS;
+}
+
+MXReturnValue block_gather_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
+                                   std::vector<MXTensor>* outputs, const OpResource& res) {
+  if (block_forward(attrs, inputs, outputs, res) != MX_SUCCESS) return MX_FAIL;
+  int64_t lo, c0;
+  get_index(attrs, kBlockGather, "lo", &lo);
+  get_index(attrs, kBlockGather, "c0", &c0);
+  int64_t hi;
+  get_index(attrs, kBlockGather, "hi", &hi);
+  // The kept rows again from the input's ids: alloc_sparse sets the output's data and
+  // indices pointers but not its indices_len.
+  const MXSparse* A = inputs->at(0).data<MXSparse>();
+  const int64_t* ids = A->indices;
+  const int64_t* b = std::lower_bound(ids, ids + A->indices_len, lo);
+  const int64_t* e = std::lower_bound(b, ids + A->indices_len, hi);
+  MXTensor& w = inputs->at(1);
+  MXTensor& scratch = inputs->at(2);
+  const int64_t D = w.shape[1], k = scratch.shape[1];
+  const size_t es = elem_size(w.dtype);
+  const char* src = static_cast<const char*>(w.data_ptr);
+  char* dst = static_cast<char*>(scratch.data_ptr);
+  for (const int64_t* p = b; p < e; ++p) {
+    const int64_t r = *p - lo;   // block row; weight row *p
+    std::memcpy(dst + r * k * es, src + ((r + lo) * D + c0) * es, k * es);
+  }
+  return MX_SUCCESS;
+}
+
 }  // namespace
+
+REGISTER_OP(masked_opt_rsp_block_gather)
+    .setForward(block_gather_forward, "cpu")
+    .setParseAttrs(block_gather_parse)
+    .setInferType(block_gather_type)
+    .setInferSType(block_gather_stype)
+    .setInferShape(block_gather_shape)
+    .setMutateInputs(block_gather_mutate);
 
 REGISTER_OP(masked_opt_rsp_block)
     .setForward(block_forward, "cpu")
