@@ -20,3 +20,14 @@ def _seed():
     """Every test starts from the same MXNet and numpy random state."""
     mx.random.seed(0)
     np.random.seed(0)
+
+
+def pytest_configure(config):
+    """With ``MASKED_OPT_REQUIRE_NATIVE=1`` (set by ``.ci/run``) a missing native library fails
+    the run at once, instead of letting the tests that compare the native path with the pure
+    path skip: in CI a skip there would hide a broken build."""
+    if os.environ.get('MASKED_OPT_REQUIRE_NATIVE') == '1':
+        from masked_opt import native
+        if not native.available():
+            raise pytest.UsageError('MASKED_OPT_REQUIRE_NATIVE=1 but the native library is not '
+                                    'available: %s' % native.status().reason)

@@ -14,8 +14,6 @@ Every native run also checks that the native path really ran (a spy on ``NativeB
 and every pure run that it did not: a test that silently compared the pure path with itself
 would pass whatever the native code did.
 """
-import os
-
 import mxnet as mx
 import numpy as np
 import pytest
@@ -30,10 +28,7 @@ from masked_opt import native, native_step
 
 NAME = 'table_weight'   # ends in _weight: MXNet applies wd to it
 
-if not native.available():
-    if os.environ.get('MASKED_OPT_REQUIRE_NATIVE') == '1':
-        raise RuntimeError('MASKED_OPT_REQUIRE_NATIVE=1 but the native library is not '
-                           'available: %s' % native.status().reason)
+if not native.available():   # never in CI: MASKED_OPT_REQUIRE_NATIVE=1 fails the run (conftest)
     pytest.skip('native library not available: %s' % native.status().reason,
                 allow_module_level=True)
 
