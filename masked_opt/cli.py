@@ -133,11 +133,11 @@ def _parser():
     demo.add_argument('--retrain-halve-every', type=_positive(int), default=8,
                       help='halve it every that many epochs (default %(default)s)')
     demo.add_argument('--new-epochs', type=_positive(int), default=None,
-                      help='epochs of the masked training (default 160 for grow, 20 for '
+                      help='epochs of the masked training (default 160 for grow, 60 for '
                       'latent-split)')
     demo.add_argument('--halve-every', type=_positive(int), default=None,
                       help='halve the masked phase\'s learning rate every that many epochs '
-                      '(default 40 for grow, 5 for latent-split)')
+                      '(default 40 for grow, 15 for latent-split)')
     demo.add_argument('--batch-size', type=_positive(int), default=128)
     demo.add_argument('--learning-rate', type=_positive(float), default=0.01,
                       help='Adam learning rate of the masked phase (default %(default)s)')

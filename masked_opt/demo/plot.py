@@ -57,7 +57,7 @@ def _projection(ax, key, tables, n_old):
 
 def _curves(ax, first):
     curve = first['curves']['masked_validation']
-    ax.plot(range(1, len(curve) + 1), curve, c='tab:red', label='masked phase (only new rows)')
+    ax.plot(range(1, len(curve) + 1), curve, c='tab:red', label='masked phase')
     full = first['curves']['full_retrain_validation']
     ax.plot(range(1, len(full) + 1), full, c='tab:green', label='full retrain (best wd)')
     v = first['validation']
@@ -68,9 +68,11 @@ def _curves(ax, first):
             ax.axhline(v[key], c=colour, ls='--', lw=1, label='%s %.4f' % (label, v[key]))
     ax.axvline(first['choices']['masked_epoch'], c='tab:red', ls=':', lw=1,
                label='epoch kept (best validation)')
-    ax.set_yscale('log')
+    low = min(min(curve), min(full), *(x for x in v.values() if x is not None))
+    high = max(curve[0], full[0], *(x for x in v.values() if x is not None))
+    ax.set_ylim(low - 0.03 * (high - low), high + 0.03 * (high - low))
     ax.set_xlabel('epoch')
-    ax.set_ylabel('validation RMSE (log scale)')
+    ax.set_ylabel('validation RMSE')
     ax.set_title('learning curves on validation ratings')
     ax.legend(fontsize=7)
 

@@ -17,7 +17,7 @@ __all__ = ['summarize', 'format_report', 'MODEL_LABELS']
 
 #: How each model is named in the text report (``rmse`` keys of a per-seed report).
 MODEL_LABELS = {
-    'before': 'the model before the new column (all old dims)',
+    'before': 'the model before the new column',
     'init': 'new rows at init',
     'masked': 'masked training (only the new rows train)',
     'ceiling': 'ceiling: ridge fold-in, old rows frozen',
@@ -25,6 +25,9 @@ MODEL_LABELS = {
     'bias_only': 'floor: bias only, mu + b_u + b_i',
     'global_mean': 'floor: global mean',
 }
+_LATENT_LABELS = dict(MODEL_LABELS, init='new column at init',
+                      masked='masked training (only the new column trains)',
+                      ceiling='ceiling: best new column, other columns frozen')
 _SKIP = ('curves', 'settings', 'data', 'seed', 'mode', 'ok', 'plot')
 
 
@@ -147,7 +150,8 @@ def format_report(report):
     for key in ('before', 'init', 'masked', 'ceiling', 'full_retrain', 'bias_only',
                 'global_mean'):
         if 'rmse.' + key in m:
-            label = MODEL_LABELS[key] + (' (%s)' % s['init'] if key == 'init' and grow else '')
+            label = (MODEL_LABELS if grow else _LATENT_LABELS)[key] + (
+                ' (%s)' % s['init'] if key == 'init' and grow else '')
             lines.append('  %-50s %s' % (label, _ms(m, 'rmse.' + key)))
     within = sum(v is not None and v <= 1.0 for v in m['gap.objective_percent']['values'])
     lines.append('gap of masked training to the ceiling: objective %s%% (within 1%% in %d of %d '
@@ -166,11 +170,13 @@ def format_report(report):
 
 def _grow_details(report):
     m = report['summary']
-    lines = ['by pair type (test ratings per seed; RMSE masked / ceiling / full retrain / bias '
-             'only):']
+    lines = ['by pair type (test ratings, mean per seed; RMSE masked / ceiling / full retrain / '
+             'bias only):']
     total = sum(m['breakdown.%s.count' % k]['mean'] for k in PAIR_TYPES)
     for kind in PAIR_TYPES:
         p = 'breakdown.%s.' % kind
+        if not any(m[p + 'count']['values']):
+            continue                      # e.g. no new users at all: nothing to break down
         lines.append('  %-20s %5.0f   %s / %s / %s / %s' % (
             kind, m[p + 'count']['mean'], _ms(m, p + 'rmse.masked', 3),
             _ms(m, p + 'rmse.ceiling', 3), _ms(m, p + 'rmse.full_retrain', 3),
@@ -178,7 +184,8 @@ def _grow_details(report):
     items = sum(m['breakdown.%s.count' % k]['mean'] for k in PAIR_TYPES[::2])
     users = sum(m['breakdown.%s.count' % k]['mean'] for k in PAIR_TYPES[1:])
     for share, what, flag in ((items, 'item', '--new-items'), (users, 'user', '--new-users')):
-        if total and share < 0.05 * total and report['data']['noise'] is None:
+        grown = report['data']['new_%ss' % what] > 0     # a table nobody asked to grow: no note
+        if grown and total and share < 0.05 * total and report['data']['noise'] is None:
             lines.append('  note: only %.0f of %.0f test ratings involve a new %s: this split '
                          'hardly exercises %s growth (with --data, %s 0.1 holds out 10%% of '
                          'the %ss at random)' % (share, total, what, what, flag, what))
