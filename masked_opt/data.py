@@ -392,10 +392,10 @@ def holdout_split(raw, *, new_users=0.0, new_items=0.1, test_fraction=0.2, seed=
     --------
     >>> import numpy as np
     >>> from masked_opt.data import RawRatings, holdout_split
-    >>> u = np.repeat(np.arange(20), 10); i = (u + np.tile(np.arange(10), 20)) % 30
+    >>> u = np.repeat(np.arange(20), 10); i = u + np.tile(np.arange(10), 20)   # 29 items
     >>> s = holdout_split(RawRatings(u, i, np.full(200, 4.0), np.arange(200)), new_items=0.2)
     >>> s.n_old_items, s.n_new_items, s.n_new_users
-    (24, 6, 0)
+    (23, 6, 0)
     """
     for name, value in (('new_users', new_users), ('new_items', new_items)):
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
