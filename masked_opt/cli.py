@@ -43,8 +43,8 @@ from .data import (
     time_split,
 )
 from .demo import run_seeds
-from .demo.report import format_report
 from .demo.plot import PlotError
+from .demo.report import format_report
 from .demo.run import DemoError
 
 __all__ = ['main']

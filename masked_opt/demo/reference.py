@@ -102,7 +102,7 @@ def fold_in(users, items, n_old_users, n_old_items, ratings, lam, *, sweeps=100,
     by_item = ratings.item >= n_old_items
     both = bool((by_user & by_item).any())
     previous = np.inf
-    for sweep in range(1, sweeps + 1):
+    for sweep in range(1, sweeps + 1):  # noqa: B007 (returned after the loop)
         if n_new_users:
             users[n_old_users:] = _ridge(items[ratings.item[by_user]], target[by_user],
                                          ratings.user[by_user] - n_old_users, n_new_users, lam)
@@ -147,7 +147,7 @@ def last_column_fold_in(users, items, ratings, lam, *, sweeps=200, tol=1e-9):
     rest = 1.0 - ratings.label.astype(np.float64) - np.einsum(
         'ij,ij->i', users[u, :-1], items[i, :-1])
     previous = np.inf
-    for sweep in range(1, sweeps + 1):
+    for sweep in range(1, sweeps + 1):  # noqa: B007 (returned after the loop)
         z = items[i, -1]
         users[:, -1] = (np.bincount(u, z * rest, users.shape[0])
                         / (np.bincount(u, z * z, users.shape[0]) + lam))
