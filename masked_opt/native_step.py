@@ -153,6 +153,7 @@ class NativeBlockStep:
     fractional = False
 
     def __init__(self, plan, weight, grad):
+        self._plan = plan
         (self._lo, self._hi), (self._c0, self._c1) = plan.native_ranges
         self._all_cols = self._c0 == 0 and self._c1 == weight.shape[1]
         ranges = (self._lo, self._hi, self._c0, self._c1)
@@ -172,10 +173,16 @@ class NativeBlockStep:
         self._grad = native.rsp_block_gather(grad, weight, scratch, *ranges)
 
     def _rows(self, weight):
-        # An axis-0 slice of an NDArray is a view: writes through it land in the weight.
-        if self._lo == 0 and self._hi == weight.shape[0]:
-            return weight
-        return weight[self._lo:self._hi]
+        # An axis-0 slice of an NDArray is a view: writes through it land in the weight. The
+        # view is kept with the plan for the weight object it was cut from (the same weight
+        # every step: one C call less per step; a new weight object gets a new view).
+        seen = self._plan.__dict__.get('_native_view')
+        if seen is not None and seen[0] is weight:
+            return seen[1]
+        view = weight[self._lo:self._hi] if (self._lo, self._hi) != (0, weight.shape[0]) \
+            else weight
+        self._plan._native_view = (weight, view)
+        return view
 
     def gather_weight(self, weight):
         """What the lazy kernel updates: the rows view, or the scratch with the column block."""
