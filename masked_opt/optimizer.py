@@ -30,6 +30,7 @@ from mxnet.base import _LIB, check_call
 from mxnet.ndarray import NDArray
 
 from . import server as _server
+from .frozen import StandIns
 from .masks import as_mask
 from .native_step import block_ranges, choose_sparse_step
 from .update import BlockPlan
@@ -409,15 +410,16 @@ class Masked(mx_opt.Optimizer):
     def _prepare(self, plan, index, weight, grad, state, multi_precision):
         """What the wrapped optimizer updates for one parameter this step, and how to finish.
 
-        Returns a :class:`_Step` whose arrays go to the wrapped optimizer, or None when
-        nothing of the parameter trains this step.
+        Returns a :class:`_Step` whose arrays go to the wrapped optimizer (a stand-in's for a
+        fully frozen parameter, :meth:`_stand_in`), or None when a row_sparse gradient holds
+        none of the trainable rows this step.
         """
         if plan is None:
             return _Step(index, weight, grad, state, finish=None)
         if plan.empty:
-            # Nothing trains; still count the step so lr schedules advance as for others.
-            self.base._update_count(index)
-            return None
+            # Nothing trains, but the wrapped optimizer is called as MXNet alone would call it
+            # (update count, Nadam's schedule, LARS's lr): with a stand-in (see frozen.py).
+            return self._stand_in(index, weight, multi_precision)
         # `sel` says which entries this step reads and writes: the whole block for a dense
         # gradient, the block's rows present in a row_sparse gradient otherwise (lazy).
         full_state = self._check_state(plan, index, weight, state)
@@ -456,6 +458,16 @@ class Masked(mx_opt.Optimizer):
             sel.scatter(w_block, weight)
             _zip_state(store, s_block, state)
         return _Step(index, w_block, g_block, s_block, finish)
+
+    def _stand_in(self, index, weight, multi_precision):
+        """A step for a parameter of which nothing trains now: the wrapped optimizer updates a
+        one-row stand-in in its place, so that whatever it keeps across parameters moves as
+        with the optimizer alone (C4); the real weight and state are not handed over (C1)."""
+        stand_ins = self.__dict__.get('_stand_ins')
+        if stand_ins is None:
+            stand_ins = self._stand_ins = StandIns()
+        w, g, s = stand_ins.arrays(self.base, index, weight, multi_precision)
+        return _Step(index, w, g, s, finish=None)
 
     # ---- pickling (kvstore servers, Trainer.save_states) ----
     def __getstate__(self):
