@@ -10,8 +10,9 @@ Examples
 >>> opt.learning_rate
 0.1
 """
-# Importing states makes MXNet's get_updater give a Masked optimizer its MaskedUpdater.
-from . import states  # noqa: F401
+# Importing states makes MXNet's get_updater give a Masked optimizer its MaskedUpdater;
+# importing validate makes a local/device kvstore's set_optimizer check every mask in the caller.
+from . import states, validate  # noqa: F401
 from .grow import (
                    DEFAULT_INIT,
                    INIT_METHODS,
