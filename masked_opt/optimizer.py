@@ -401,11 +401,21 @@ class Masked(mx_opt.Optimizer):
                 st.finish()
 
     def _check_state(self, plan, index, weight, state):
-        """True when ``state`` was made for the whole weight; raise if the mask cannot cut it."""
-        if plan.empty or not _is_full_size(state, weight.shape, plan.block_shape):
-            return False
-        _check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
-        return True
+        """True when ``state`` was made for the whole weight; raise if the mask cannot cut it.
+
+        Remembered per plan for the state object it last saw: the Updater keeps one state
+        object per parameter (a tuple or an NDArray, whose shapes never change) and replaces
+        it when states are loaded. Walking the state's shapes costs a C call per array, twice
+        per parameter per step, which is a visible share of a small sparse step.
+        """
+        seen = plan.__dict__.get('_state_seen')
+        if seen is not None and seen[0] is state:
+            return seen[1]
+        full = not plan.empty and _is_full_size(state, weight.shape, plan.block_shape)
+        if full:
+            _check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
+        plan._state_seen = (state, full)
+        return full
 
     def _prepare(self, plan, index, weight, grad, state, multi_precision):
         """What the wrapped optimizer updates for one parameter this step, and how to finish.
