@@ -269,10 +269,10 @@ class Masked(mx_opt.Optimizer):
             # update_on_kvstore) calls the updater with the parameter name itself.
             name = index if isinstance(index, str) else self._index_names.get(index)
             if name is None:
-                raise ValueError('the masked optimizer cannot name parameter index %r: it has '
-                                 'no idx2name or param_dict entry for it. Use it through '
-                                 'Module or gluon.Trainer, or pass param_idx2name={index: '
-                                 'name}.' % (index,))
+                # Inside a wrapper (hvd.DistributedOptimizer) Module and Trainer wrote the
+                # names on the wrapper: take them from the callers, or raise saying how.
+                from .wrappers import name_from_callers
+                name = name_from_callers(self, index)
             mask_key = self._mask_name_for(name)
             plan = None
             if mask_key is not None:
