@@ -17,6 +17,7 @@ from .grow import (
                    DEFAULT_INIT,
                    INIT_METHODS,
                    VocabGrowth,
+                   grow_dense,
                    grow_embedding,
                    grow_params,
                    grow_table,
@@ -41,5 +42,6 @@ __version__ = '0.1.0'
 
 __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze_rows',
            'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',
-           'grow_table', 'grow_params', 'grow_embedding', 'grow_vocab', 'init_rows', 'row_stats',
+           'grow_table', 'grow_params', 'grow_embedding', 'grow_dense', 'grow_vocab', 'init_rows',
+           'row_stats',
            'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT']
