@@ -1,8 +1,12 @@
 """Start a distributed MXNet job on this machine: scheduler, servers and workers on 127.0.0.1.
 
-MXNet 1.9.1 ships ``tools/launch.py``, but it needs dmlc-core's tracker, which the pip wheel does
-not include. This module does the same for a single machine with plain subprocesses, for tests
-and for trying a script before moving it to a cluster launcher:
+For a cluster, use MXNet's own launcher, which ships in the mxnet 1.9.1 wheel
+(``python -m mxnet.tools.launch``, with the ``dmlc_tracker`` package: ssh, mpi, sge and yarn)
+or set the ``DMLC_*`` variables yourself (SLURM, Kubernetes); see the distributed how-to. On
+one machine that launcher cannot be kept on loopback (it looks up the host's address and binds
+its ports on every interface), stops nothing when a process fails and has no timeout. This
+module does the single-machine job with plain subprocesses, for tests and for trying a script
+before moving it to a cluster:
 
 - every process gets ``DMLC_PS_ROOT_URI=127.0.0.1``, a free ``DMLC_PS_ROOT_PORT``,
   ``DMLC_NUM_SERVER``, ``DMLC_NUM_WORKER``, its ``DMLC_ROLE`` and ``DMLC_NODE_HOST=127.0.0.1``
@@ -11,7 +15,7 @@ and for trying a script before moving it to a cluster launcher:
   stopped ``grace`` seconds after the first failure, and everything is stopped at ``timeout``;
 - only the processes started here are ever signalled, by PID.
 
-Command line::
+Command line (its exit code: :func:`exit_status`)::
 
     python -m masked_opt.launch -n 2 -s 1 --timeout 300 -- python train.py --epochs 1
 """
@@ -24,7 +28,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-__all__ = ['Proc', 'launch', 'free_port', 'start_trainer_kvstore', 'main']
+__all__ = ['Proc', 'launch', 'free_port', 'start_trainer_kvstore', 'exit_status', 'main']
+
+#: Exit code of :func:`main` when the launcher stopped the job at its timeout (as ``timeout(1)``).
+TIMEOUT_EXIT = 124
 
 #: The default scheduler and server program: importing mxnet with DMLC_ROLE=scheduler/server
 #: runs the ps-lite node loop inside ``import mxnet`` and exits when the job ends.
@@ -189,7 +196,7 @@ def _stop(running, reason):
             entry[4] = reason
 
 
-def start_trainer_kvstore(trainer):
+def start_trainer_kvstore(trainer, batch_size=None):
     """Start a Gluon Trainer's kvstore and copy the parameters to it before the first step.
 
     Works around a race in MXNet 1.9.1's ``gluon.Trainer`` with a ``dist_sync`` kvstore and
@@ -200,9 +207,22 @@ def start_trainer_kvstore(trainer):
     every process exits 0. It happens with any optimizer, masked or not. Calling this once,
     before the first ``backward``, makes the initial copy complete first.
 
+    With ``update_on_kvstore=True`` on a dist kvstore, starting the kvstore sends the optimizer
+    to the servers, with the ``rescale_grad`` it has then, and MXNet refuses any later change of
+    it ("Possible change in the batch_size"). Pass the ``batch_size`` that your
+    ``trainer.step(batch_size)`` calls will use, so that the servers get
+    ``rescale_grad = 1 / batch_size`` now, exactly as the first ``step`` would have set it.
+    Without ``batch_size`` the optimizer's ``rescale_grad`` is sent as it is, and only
+    ``step(1)`` is accepted (right when the loss is already divided by the batch size, or when
+    ``rescale_grad=1/batch_size`` was given in the optimizer's parameters). Passing
+    ``batch_size`` is harmless with ``update_on_kvstore=False``, where every ``step`` sets
+    ``rescale_grad`` again.
+
     Parameters
     ----------
     trainer : mxnet.gluon.Trainer
+    batch_size : int, optional
+        The ``batch_size`` of the ``trainer.step`` calls that follow.
 
     Examples
     --------
@@ -211,8 +231,15 @@ def start_trainer_kvstore(trainer):
     >>> net = mx.gluon.nn.Dense(2, in_units=3)
     >>> net.initialize()
     >>> trainer = mx.gluon.Trainer(net.collect_params(), 'sgd', kvstore='local')
-    >>> start_trainer_kvstore(trainer)   # harmless without a dist kvstore
+    >>> start_trainer_kvstore(trainer, batch_size=8)   # harmless without a dist kvstore
+    >>> trainer.optimizer.rescale_grad
+    0.125
     """
+    if batch_size is not None:
+        if batch_size <= 0:
+            raise ValueError('batch_size must be positive, received %r' % (batch_size,))
+        # The very expression Trainer.step uses, so that its check finds the same float.
+        trainer._optimizer.rescale_grad = trainer._scale / batch_size
     if not trainer._kv_initialized:
         trainer._init_kvstore()
     if trainer._params_to_init:
@@ -221,10 +248,55 @@ def start_trainer_kvstore(trainer):
     mx.nd.waitall()  # the pulls of the initial weights have completed
 
 
+def exit_status(procs):
+    """The exit code of a job: the first failure among the processes the launcher did not stop.
+
+    When one process fails, the launcher stops the others, which then exit ``-9``; that is a
+    consequence, not the cause. So the code is that of the first process, in launch order
+    (scheduler, servers, workers), that exited non-zero *by itself*: a worker's 3 stays 3 and a
+    server's 86 (:data:`masked_opt.server.EXIT_CODE`) stays 86. A process ended by a signal it
+    did not get from the launcher (a segfault) counts as ``128 + signal``, as in a shell. When
+    no process failed by itself but the launcher stopped the job at its timeout, the code is
+    ``124`` (as ``timeout(1)``); when every process that ended by itself exited 0 (servers
+    stopped after the workers finished), it is 0.
+
+    Parameters
+    ----------
+    procs : list of Proc
+        What :func:`launch` returned.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from masked_opt.launch import Proc, exit_status
+    >>> exit_status([Proc('scheduler', 0, -9, '', 'still running 5 s after a failure'),
+    ...              Proc('server', 0, -9, '', 'still running 5 s after a failure'),
+    ...              Proc('worker', 0, 3, ''),
+    ...              Proc('worker', 1, -9, '', 'still running 5 s after a failure')])
+    3
+    >>> exit_status([Proc('scheduler', 0, 0, ''), Proc('server', 0, -11, ''),
+    ...              Proc('worker', 0, -9, '', 'still running 5 s after a failure')])
+    139
+    >>> exit_status([Proc('scheduler', 0, -9, '', 'timeout after 60 s'),
+    ...              Proc('worker', 0, -9, '', 'timeout after 60 s')])
+    124
+    """
+    for p in procs:
+        if p.stopped is None and p.returncode:
+            return p.returncode if p.returncode > 0 else 128 - p.returncode
+    if any(p.stopped and p.stopped.startswith('timeout') for p in procs):
+        return TIMEOUT_EXIT
+    return 0
+
+
 def main(argv=None):
     """Command line: ``python -m masked_opt.launch -n WORKERS -s SERVERS -- CMD ...``.
 
-    Prints each process's output with a prefix and exits with the first non-zero exit code.
+    Prints each process's output with a prefix and exits with :func:`exit_status`: the first
+    failure among the processes the launcher did not stop.
     """
     parser = argparse.ArgumentParser(prog='python -m masked_opt.launch', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,15 +313,12 @@ def main(argv=None):
         parser.error('expected a worker command after --, e.g. -- python train.py')
     procs = launch(command, args.num_workers, args.num_servers, timeout=args.timeout,
                    grace=args.grace)
-    status = 0
     for p in procs:
         for line in p.output.splitlines():
             print('[%s] %s' % (p.name, line))
         note = ' (stopped: %s)' % p.stopped if p.stopped else ''
         print('[%s] exit code %s%s' % (p.name, p.returncode, note))
-        if p.returncode and not status:
-            status = p.returncode if p.returncode > 0 else 1
-    return status
+    return exit_status(procs)
 
 
 if __name__ == '__main__':
