@@ -4,12 +4,17 @@ Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision` -> ``_d
 
 1. :meth:`Masked._plan` finds each parameter's mask by index -> name (Module's ``idx2name``,
    Gluon's ``param_dict``, or the names carried to a kvstore server) and returns its
-   :class:`~masked_opt.update.BlockPlan` for the weight's context (built once, then cached).
-   MXNet's Updater hands the wrapper a whole step at once (``_WHOLE_STEP``), so every mask is
-   resolved and checked before any weight is written.
-2. :meth:`Masked._prepare` turns a masked parameter into its trainable block: the plan (dense
-   gradient) or a :class:`~masked_opt.update.SparseStep` (row_sparse gradient, lazy) gathers
-   the block of the weight, gradient and state. The state exists only for the block.
+   :class:`~masked_opt.update.BlockPlan` for the weight's context (built once, then cached;
+   a weight whose shape or array no longer matches is refused). MXNet's Updater hands the
+   wrapper a whole step at once (``_WHOLE_STEP``), so every mask is resolved and checked
+   before any weight is written.
+2. :meth:`Masked._prepare` turns a masked parameter into its trainable block. One strategy
+   per case: the plan itself for a dense gradient; for a row_sparse gradient (lazy),
+   :func:`~masked_opt.native_step.choose_sparse_step` picks the native lazy-kernel strategy
+   (:class:`~masked_opt.native_step.NativeBlockStep`: masked_opt's operators, no host read)
+   where it gives the pure path's bits, else the pure
+   :class:`~masked_opt.update.SparseStep`. Each gathers (or views) the block of the weight,
+   gradient and state; the state exists only for the block.
 3. ``_dispatch`` makes the very calls the wrapped optimizer (``self.base``) would get from
    MXNet alone -- same order, same multi-tensor groups -- with blocks standing in for masked
    parameters; unmasked parameters pass through untouched.
