@@ -100,3 +100,27 @@ class ForumBlock(mx.gluon.Block):
 
     def forward(self, u, i):
         return 1 - (self.member(u) * self.book(i)).sum(axis=1)
+
+
+def forum_block(n_users, n_items, latent_dim, seed=0):
+    """A :class:`ForumBlock` with weights drawn by numpy (uniform in [-0.5, 0.5)): the same
+    start in every run and process, whatever MXNet's random state."""
+    net = ForumBlock(n_users, n_items, latent_dim)
+    net.initialize()
+    rng = np.random.RandomState(seed)
+    net.member.weight.set_data(mx.nd.array(rng.uniform(-.5, .5, (n_users, latent_dim))))
+    net.book.weight.set_data(mx.nd.array(rng.uniform(-.5, .5, (n_items, latent_dim))))
+    return net
+
+
+def gluon_steps(net, trainer, first, count, *, n_users, n_items, batch, n_ratings, seed=4):
+    """Train steps ``first .. first + count - 1`` of a fixed stream of squared-error batches
+    (the same batches for a run and for its resumed or oracle twin)."""
+    member, book, label = (mx.nd.array(a) for a in ratings(n_users, n_items, n_ratings,
+                                                            seed=seed))
+    for s in range(first, first + count):
+        sl = slice(s * batch, (s + 1) * batch)
+        with mx.autograd.record():
+            loss = ((net(member[sl], book[sl]) - label[sl]) ** 2).sum()
+        loss.backward()
+        trainer.step(batch)

@@ -16,7 +16,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, changed_bits
-from models import ForumBlock, forum_mf, mf_iter, ratings
+from models import ForumBlock, forum_mf, gluon_steps, mf_iter, ratings
 
 import masked_opt as mo
 from masked_opt import io
@@ -120,13 +120,8 @@ def _gluon(base):
 
 
 def _gluon_steps(net, trainer, first, count):
-    member, book, label = (mx.nd.array(a) for a in ratings(N_USERS, N_ITEMS, 64, seed=4))
-    for s in range(first, first + count):
-        sl = slice(s * BATCH, (s + 1) * BATCH)
-        with mx.autograd.record():
-            loss = ((net(member[sl], book[sl]) - label[sl]) ** 2).sum()
-        loss.backward()
-        trainer.step(BATCH)
+    gluon_steps(net, trainer, first, count, n_users=N_USERS, n_items=N_ITEMS, batch=BATCH,
+                n_ratings=64)
 
 
 @pytest.mark.parametrize('base', ['sgd', 'adam'])

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, changed_bits, state_arrays
-from models import ForumBlock, forum_mf, mf_iter, ratings
+from models import forum_block, forum_mf, gluon_steps, mf_iter, ratings
 
 import masked_opt as mo
 
@@ -191,22 +191,12 @@ def test_module_state_file_still_loads_without_masked_opt_updater(tmp_path):
 # ---- Gluon ----
 
 def _net(n_items=N_ITEMS):
-    net = ForumBlock(N_USERS, n_items, DIM)
-    net.initialize()
-    rng = np.random.RandomState(0)
-    net.member.weight.set_data(mx.nd.array(rng.uniform(-.5, .5, (N_USERS, DIM))))
-    net.book.weight.set_data(mx.nd.array(rng.uniform(-.5, .5, (n_items, DIM))))
-    return net
+    return forum_block(N_USERS, n_items, DIM)
 
 
 def _steps(net, trainer, first, count):
-    member, book, label = (mx.nd.array(a) for a in ratings(N_USERS, N_ITEMS, 96, seed=4))
-    for s in range(first, first + count):
-        sl = slice(s * BATCH, (s + 1) * BATCH)
-        with mx.autograd.record():
-            loss = ((net(member[sl], book[sl]) - label[sl]) ** 2).sum()
-        loss.backward()
-        trainer.step(BATCH)
+    gluon_steps(net, trainer, first, count, n_users=N_USERS, n_items=N_ITEMS, batch=BATCH,
+                n_ratings=96)
 
 
 def _gluon_index(trainer, name):
