@@ -119,16 +119,22 @@ def _bucket_batch(rng, key):
                      provide_label=[DataDesc('label', (8,))])
 
 
-@pytest.mark.parametrize('order', [(1, 0), (0, 1)])
-def test_bucketing_module_with_shifted_parameters_is_refused(order):
+def _bucketing_module(sym_gen):
+    """A BucketingModule (default bucket 1) with the book table's first 12 rows frozen."""
     from mxnet.io import DataDesc
-    mod = mx.mod.BucketingModule(_bucket_sym, default_bucket_key=1)
+    mod = mx.mod.BucketingModule(sym_gen, default_bucket_key=1)
     mod.bind(data_shapes=[DataDesc('member', (8,)), DataDesc('book', (8,))],
              label_shapes=[DataDesc('label', (8,))])
     mod.init_params()
     mod.init_optimizer(optimizer='masked', optimizer_params={
         'base': 'sgd', 'learning_rate': 0.1,
         'masks': {'book_embedding_weight': mo.train_rows_from(12)}})
+    return mod
+
+
+@pytest.mark.parametrize('order', [(1, 0), (0, 1)])
+def test_bucketing_module_with_shifted_parameters_is_refused(order):
+    mod = _bucketing_module(_bucket_sym)
     rng = np.random.RandomState(0)
     mod.forward(_bucket_batch(rng, order[0]))
     mod.backward()
@@ -145,14 +151,7 @@ def test_bucketing_module_with_shifted_parameters_is_refused(order):
 
 def test_bucketing_module_with_the_same_parameters_trains_masked():
     """Control: buckets that share the parameter list keep the positions; masks hold."""
-    from mxnet.io import DataDesc
-    mod = mx.mod.BucketingModule(lambda key: _bucket_sym(1), default_bucket_key=1)
-    mod.bind(data_shapes=[DataDesc('member', (8,)), DataDesc('book', (8,))],
-             label_shapes=[DataDesc('label', (8,))])
-    mod.init_params()
-    mod.init_optimizer(optimizer='masked', optimizer_params={
-        'base': 'sgd', 'learning_rate': 0.1,
-        'masks': {'book_embedding_weight': mo.train_rows_from(12)}})
+    mod = _bucketing_module(lambda key: _bucket_sym(1))
     start = mod.get_params()[0]['book_embedding_weight'].copy()
     rng = np.random.RandomState(0)
     for key in (1, 0, 1, 0):
