@@ -76,11 +76,14 @@ def _candidates():
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_native', LIB_NAME)
     paths = [here]
     try:
-        dist = importlib.metadata.distribution('masked_opt')
-        installed = os.path.abspath(str(dist.locate_file('masked_opt/_native/' + LIB_NAME)))
-        if installed != here:
-            paths.append(installed)
-    except Exception:  # not installed (or broken metadata): only the checkout's copy
+        # Every installed copy on sys.path, not only the first: a checkout that pip built in
+        # place carries its own masked_opt.egg-info, which comes first when the checkout is on
+        # sys.path (pytest's pythonpath) and points back at the checkout.
+        for dist in importlib.metadata.distributions(name='masked_opt'):
+            installed = os.path.abspath(str(dist.locate_file('masked_opt/_native/' + LIB_NAME)))
+            if installed not in paths:
+                paths.append(installed)
+    except Exception:  # broken metadata: only the checkout's copy
         pass
     return paths, False
 

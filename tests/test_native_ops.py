@@ -324,3 +324,25 @@ def test_masked_opt_info_says_which_path_runs(lib, flag, expect):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert 'native sparse operators:' in out.stdout and expect in out.stdout
+
+
+def test_every_installed_copy_is_a_candidate(monkeypatch, tmp_path):
+    """A checkout built in place has its own masked_opt.egg-info, found first on sys.path and
+    pointing back at the checkout: the installed copy behind it must still be tried (found in
+    a CI run where the library was installed but not found)."""
+    class Dist:
+        def __init__(self, root):
+            self.root = root
+
+        def locate_file(self, rel):
+            return os.path.join(self.root, rel)
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(native.__file__)))
+    site = str(tmp_path / 'site-packages')
+    monkeypatch.delenv('MASKED_OPT_NATIVE_LIB', raising=False)
+    monkeypatch.setattr(native.importlib.metadata, 'distributions',
+                        lambda name: [Dist(checkout), Dist(site)])
+    paths, explicit = native._candidates()
+    assert not explicit
+    assert paths == [os.path.join(checkout, 'masked_opt', '_native', native.LIB_NAME),
+                     os.path.join(site, 'masked_opt', '_native', native.LIB_NAME)]
