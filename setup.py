@@ -4,7 +4,7 @@ All metadata lives in pyproject.toml. This file adds one extension, built by run
 compiler directly (``$CXX``, default ``g++``) against the headers of the mxnet wheel in the
 build environment (``[build-system] requires`` has ``mxnet==1.9.1``):
 
-    $CXX -std=c++11 -shared -fPIC -O2 -I <mxnet>/include ops.cc <mxnet>/src/lib_api.cc
+    $CXX -std=c++11 -shared -fPIC -O2 -Wl,-Bsymbolic -I <mxnet>/include ops.cc <mxnet>/src/lib_api.cc
          -o masked_opt/_native/libmasked_opt_ops.so
 
 If there is no compiler, no mxnet headers, or the compilation fails, the install still
@@ -79,7 +79,10 @@ class BuildNative(build_ext):
                 and os.path.isfile(lib_api)):
             return 'mxnet at %s has no include/mxnet/lib_api.h or src/lib_api.cc' % root
         cxx = shlex.split(os.environ.get('CXX') or 'g++')
-        cmd = cxx + ['-std=c++11', '-shared', '-fPIC', '-O2', '-I', include] + \
+        # -Bsymbolic: the library's calls into lib_api.cc bind to its own copy. Without it, a
+        # process where libmxnet was loaded with RTLD_GLOBAL (import horovod.mxnet does that)
+        # resolves them to libmxnet's same-named symbols, and mx.library.load segfaults.
+        cmd = cxx + ['-std=c++11', '-shared', '-fPIC', '-O2', '-Wl,-Bsymbolic', '-I', include] + \
             list(ext.sources) + [lib_api, '-o', out]
         print(' '.join(shlex.quote(c) for c in cmd))
         try:

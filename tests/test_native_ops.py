@@ -346,3 +346,27 @@ def test_every_installed_copy_is_a_candidate(monkeypatch, tmp_path):
     assert not explicit
     assert paths == [os.path.join(checkout, 'masked_opt', '_native', native.LIB_NAME),
                      os.path.join(site, 'masked_opt', '_native', native.LIB_NAME)]
+
+
+def test_loads_and_runs_after_horovod_mxnet():
+    """``import horovod.mxnet`` loads libmxnet with RTLD_GLOBAL; a library built without
+    -Bsymbolic then resolved lib_api's symbols to libmxnet's and mx.library.load crashed
+    (segfault). In a fresh process: horovod first, then the native path on one op."""
+    import importlib.util
+    if importlib.util.find_spec('horovod') is None:   # not imported here: see above
+        if os.environ.get('MASKED_OPT_REQUIRE_HOROVOD') == '1':
+            raise RuntimeError('MASKED_OPT_REQUIRE_HOROVOD=1 but horovod is not installed')
+        pytest.skip('horovod is not installed')
+    code = textwrap.dedent('''
+        import horovod.mxnet
+        import mxnet as mx
+        from masked_opt import native
+        assert native.available(), native.status()
+        g = mx.nd.sparse.row_sparse_array(([[1.0, 2.0]], [3]), shape=(5, 2))
+        out = native.rsp_block(g, 2, 5, 0, 2)
+        assert out.indices.asnumpy().tolist() == [1], out.indices.asnumpy()
+        print('ok')
+    ''')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=120, cwd=os.path.dirname(os.path.dirname(native.__file__)))
+    assert out.returncode == 0 and 'ok' in out.stdout, (out.returncode, out.stderr[-2000:])
