@@ -1,11 +1,13 @@
 """Optional native operators for the sparse path: find, check and load them, once.
 
 ``pip install .`` compiles ``masked_opt/_native/ops.cc`` into ``libmasked_opt_ops.so`` when a
-C++ compiler is there (see setup.py). The library adds three MXNet CPU operators, run on
+C++ compiler is there (see setup.py). The library adds four MXNet CPU operators, run on
 MXNet's engine like any other, so a row_sparse gradient's row ids are never read on the host:
 
 * ``mx.nd.masked_opt_rsp_block(grad, lo=, hi=, c0=, c1=)``: rows ``[lo, hi)`` (ids shifted by
   ``-lo``) and columns ``[c0, c1)`` of a row_sparse ``grad``, as a row_sparse array;
+* ``mx.nd.masked_opt_rsp_block_gather(grad, weight, scratch, lo=, hi=, c0=, c1=)``: the same,
+  and the weight's block at those rows copied into ``scratch`` (in place), in one operation;
 * ``mx.nd.masked_opt_gather_rows(weight, gblock, c0=)``: dense ``(R, k)``, row ``r`` of it
   ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock`` (other rows unspecified);
 * ``mx.nd.masked_opt_scatter_rows(weight, block, gblock, c0=, out=weight)``: writes
@@ -13,13 +15,11 @@ MXNet's engine like any other, so a row_sparse gradient's row ids are never read
 
 The library is looked for in this order: ``$MASKED_OPT_NATIVE_LIB`` (an explicit path, the only
 one tried when set), next to this module (``masked_opt/_native/``, a checkout or editable
-install), then in the installed ``masked_opt`` distribution (a checkout's tests import the
-checkout while ``pip install .`` put the library in site-packages). The first file whose
-``masked_opt_ops_abi()`` equals :data:`ABI` is loaded with ``mx.library.load``.
-``MASKED_OPT_NATIVE=0`` switches the native path off (read at every call).
+install), then in every installed ``masked_opt`` distribution on ``sys.path`` (a checkout's
+tests import the checkout while ``pip install .`` put the library in site-packages). The first
+file whose ``masked_opt_ops_abi()`` equals :data:`ABI` is loaded with ``mx.library.load``.
+``MASKED_OPT_NATIVE=0`` switches the native path off (read at every call). For example:
 
-Examples
---------
 >>> from masked_opt import native
 >>> st = native.status()
 >>> st.loaded == (st.enabled and native.available())
