@@ -133,7 +133,7 @@ def _parser():
     demo.add_argument('--retrain-halve-every', type=_positive(int), default=8,
                       help='halve it every that many epochs (default %(default)s)')
     demo.add_argument('--new-epochs', type=_positive(int), default=None,
-                      help='epochs of the masked training (default 160 for grow, 60 for '
+                      help='epochs of the masked training (default 240 for grow, 60 for '
                       'latent-split)')
     demo.add_argument('--halve-every', type=_positive(int), default=None,
                       help='halve the masked phase\'s learning rate every that many epochs '

@@ -119,7 +119,7 @@ def run_demo(split, *, mode='grow', seed=0, progress=False, **settings):
     """Run the demo once on a :class:`~masked_opt.data.Split`; return the report as a dict.
 
     ``settings`` are those of :data:`DEMO_DEFAULTS`. ``new_epochs`` (the masked phase)
-    defaults to 160 with the learning rate halved every 40 epochs for ``'grow'``, and to 60
+    defaults to 240 with the learning rate halved every 40 epochs for ``'grow'``, and to 60
     halved every 15 for ``'latent-split'``.
 
     Examples
@@ -136,7 +136,7 @@ def run_demo(split, *, mode='grow', seed=0, progress=False, **settings):
         raise TypeError('run_demo: unknown settings %s; expected some of %s'
                         % (sorted(unknown), sorted(DEMO_DEFAULTS)))
     if s['new_epochs'] is None:
-        s['new_epochs'] = 160 if mode == 'grow' else 60
+        s['new_epochs'] = 240 if mode == 'grow' else 60
     if s['halve_every'] is None:
         s['halve_every'] = 40 if mode == 'grow' else 15
     if mode == 'latent-split' and s['latent_dim'] < 2:
