@@ -159,6 +159,12 @@ def format_report(report):
                                       len(seeds), _ms(m, 'gap.rmse', 4, True)))
     if grow:
         lines += _grow_details(report)
+    else:
+        lines.append('the ceiling: the new column of both tables alternated to a stationary point '
+                     'of the masked objective (biconvex in the two columns), once from the init '
+                     'and once from the masked result; the better one (per seed: from %s)'
+                     % ', '.join(str(r['choices'].get('ceiling_start'))
+                                 for r in report['per_seed']))
     t = m
     lines.append('wall time per seed: old model %s s, grow %s s, ceiling and floors %s s, '
                  'masked phase %s s, full retrain %s s, total %s s' % (
