@@ -32,12 +32,19 @@ import fnmatch
 import numpy as np
 from mxnet import optimizer as mx_opt
 from mxnet.base import _LIB, check_call
-from mxnet.ndarray import NDArray
 
 from . import server as _server
 from .frozen import StandIns
 from .masks import as_mask
 from .native_step import block_ranges, choose_sparse_step
+from .state_shapes import (
+    check_weight_shaped,
+    is_full_size,
+    map_state,
+    master_copy,
+    master_position,
+    zip_state,
+)
 from .update import BlockPlan
 
 __all__ = ['Masked']
@@ -58,9 +65,6 @@ _OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_arrays', '
 # (C8), even when states already exist; the wrapped optimizer still sees its own aggregate_num.
 _WHOLE_STEP = 1 << 30
 
-# Optimizers whose multi_precision state is ``(inner_state, master_copy)``; MXNet's default
-# (Optimizer.create_state_multi_precision) is ``(master_copy, inner_state)``.
-_MASTER_LAST = (mx_opt.SGD, mx_opt.LARS, mx_opt.NAG)
 
 
 def _forward(name):
@@ -245,7 +249,7 @@ class Masked(mx_opt.Optimizer):
         return matches[0] if matches else None
 
     def _check_fractional_multi_precision(self):
-        if not self.base.multi_precision or _master_position(self.base) is not None:
+        if not self.base.multi_precision or master_position(self.base) is not None:
             return
         for key, mask in self.masks.items():
             if any(type(s).__name__ == '_Scales' for s in mask.rows + mask.cols):
@@ -416,9 +420,9 @@ class Masked(mx_opt.Optimizer):
         seen = plan.__dict__.get('_state_seen')
         if seen is not None and seen[0] is state:
             return seen[1]
-        full = not plan.empty and _is_full_size(state, weight.shape, plan.block_shape)
+        full = not plan.empty and is_full_size(state, weight.shape, plan.block_shape)
         if full:
-            _check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
+            check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
         plan._state_seen = (state, full)
         return full
 
@@ -453,11 +457,11 @@ class Masked(mx_opt.Optimizer):
             view, store = sel.gather, sel.scatter      # state made for the whole weight
         else:
             view, store = sel.state_view, sel.state_store
-        s_block = _map_state(view, state)
+        s_block = map_state(view, state)
         master = m_old = None
         if sel.fractional:
             w_old = w_block.copy()
-            master = _master_copy(self.base, s_block, w_block, multi_precision)
+            master = master_copy(self.base, s_block, w_block, multi_precision)
             m_old = master.copy() if master is not None else None
 
         def finish():
@@ -471,7 +475,7 @@ class Masked(mx_opt.Optimizer):
                     sel.blend(master, m_old)
                     master.astype(w_block.dtype).copyto(w_block)
             sel.scatter(w_block, weight)
-            _zip_state(store, s_block, state)
+            zip_state(store, s_block, state)
         return _Step(index, w_block, g_block, s_block, finish)
 
     def _stand_in(self, index, weight, multi_precision):
@@ -539,70 +543,3 @@ def _key_name(key):
         return key.name
     raise TypeError('mask keys must be parameter names, glob patterns or gluon Parameters; '
                     'received %s %r' % (type(key).__name__, key))
-
-
-def _master_position(base):
-    if isinstance(base, _MASTER_LAST):
-        return 1
-    if type(base).create_state_multi_precision is mx_opt.Optimizer.create_state_multi_precision:
-        return 0
-    return None
-
-
-def _master_copy(base, state, weight, multi_precision):
-    """The float32 master copy inside a multi_precision state, or None when not in use."""
-    if not (multi_precision and base.multi_precision and weight.dtype == np.float16):
-        return None
-    return state[_master_position(base)]
-
-
-def _is_full_size(state, full_shape, block_shape):
-    """True when ``state`` was made for the whole weight (e.g. warmed up without a mask).
-
-    Such a state is updated through its block: gathered, updated, scattered back, so that
-    its frozen entries stay as they were.
-    """
-    if tuple(full_shape) == tuple(block_shape):
-        return False
-    arrays = []
-    _map_state(arrays.append, state)
-    # Weight-shaped arrays, or per-row ones (GroupAdaGrad's (V, 1) accumulator) when the
-    # block has fewer rows than the weight.
-    per_row = block_shape[0] != full_shape[0]
-    return any(a.shape == tuple(full_shape) or (per_row and a.shape[0] == full_shape[0])
-               for a in arrays)
-
-
-def _check_weight_shaped(state, shape, plan, name):
-    """A full-size state is gathered and scattered like the weight. An array of another shape
-    (GroupAdaGrad's per-row accumulator, shape (V, 1)) would be cut along the wrong axis under
-    a column mask and written back out of bounds: refuse it before anything is written."""
-    if plan.all_cols:
-        return   # rows only: a (V, ...) array is cut along its rows like the weight
-    arrays = []
-    _map_state(arrays.append, state)
-    odd = sorted({a.shape for a in arrays if a.shape != tuple(shape)})
-    if odd:
-        raise TypeError('parameter %r: its optimizer state was made for the whole weight %s '
-                        'but holds arrays of shape %s, which a column mask cannot split. Let '
-                        'the masked optimizer create the state (do not hand over a state '
-                        'warmed up without the mask), or mask rows only.'
-                        % (name, tuple(shape), odd))
-
-
-def _map_state(fn, state):
-    """Apply ``fn`` to every NDArray in a (possibly nested) optimizer state."""
-    if isinstance(state, NDArray):
-        return fn(state)
-    if isinstance(state, (list, tuple)):
-        return type(state)(_map_state(fn, s) for s in state)
-    return state
-
-
-def _zip_state(fn, blocks, fulls):
-    """Call ``fn(block, full)`` for matching NDArrays of two states of the same structure."""
-    if isinstance(fulls, NDArray):
-        fn(blocks, fulls)
-    elif isinstance(fulls, (list, tuple)):
-        for b, f in zip(blocks, fulls, strict=True):
-            _zip_state(fn, b, f)
