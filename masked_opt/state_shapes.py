@@ -4,10 +4,8 @@ An MXNet optimizer's state is an NDArray, None, or a (nested) tuple of them; und
 ``multi_precision`` one entry is the float32 master copy of a float16 weight, first or last
 depending on the optimizer. A state made by the masked optimizer is block-sized; one made for
 the whole weight (a warm start from an unmasked run) is cut through the block like the weight,
-which a column mask can do only for weight-shaped arrays.
+which a column mask can do only for weight-shaped arrays. For example:
 
-Examples
---------
 >>> import mxnet as mx
 >>> from masked_opt.state_shapes import is_full_size, map_state
 >>> state = (mx.nd.zeros((10, 4)), mx.nd.zeros((10, 4)))    # Adam's mean and variance
