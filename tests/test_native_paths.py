@@ -33,17 +33,22 @@ if not native.available():   # never in CI: MASKED_OPT_REQUIRE_NATIVE=1 fails th
                 allow_module_level=True)
 
 
-@pytest.fixture
-def spy(monkeypatch):
-    """Counts NativeBlockStep constructions: how many updates took the native path."""
+def _spy_on_native_steps(patch):
+    """Count NativeBlockStep constructions (how many updates took the native path) while
+    ``patch`` (a MonkeyPatch) is active; returns the list that grows by one per update."""
     calls = []
     original = native_step.NativeBlockStep.__init__
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         original(self, *args, **kwargs)
-    monkeypatch.setattr(native_step.NativeBlockStep, '__init__', counting)
+    patch.setattr(native_step.NativeBlockStep, '__init__', counting)
     return calls
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    return _spy_on_native_steps(monkeypatch)
 
 
 def _rsp(ids, values, shape, dtype):
@@ -138,14 +143,8 @@ def _run(case, monkeypatch, native_on):
 
 @given(case=cases())
 def test_native_equals_pure_on_the_bits(case):
-    with pytest.MonkeyPatch.context() as patch:
-        calls = []
-        original = native_step.NativeBlockStep.__init__
-
-        def counting(self, *args, **kwargs):
-            calls.append(1)
-            original(self, *args, **kwargs)
-        patch.setattr(native_step.NativeBlockStep, '__init__', counting)
+    with pytest.MonkeyPatch.context() as patch:   # not the fixture: hypothesis reruns the body
+        calls = _spy_on_native_steps(patch)
         pure = _run(case, patch, native_on=False)
         assert not calls, 'MASKED_OPT_NATIVE=0 still took the native path'
         fast = _run(case, patch, native_on=True)

@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not RUN, reason=SKIP_REASON)]
 
 # The operators the wrapper itself runs on the dense path, by role. A change to the update
 # path that adds one must add it here *and* to the table in docs/gpu.md, with its GPU kernel
-# facts (../shared/gpu_ops.md): test_gpu_page_lists_every_wrapper_operator checks the page.
+# facts (kernel, host sync, 1.9.1 source line): test_gpu_page_lists_every_wrapper_operator
+# checks the page.
 GATHER = {'take', 'slice'}
 SCATTER = {'_scatter_set_nd', '_slice_assign', '_copyto'}
 BLEND = {'broadcast_sub', 'broadcast_mul', '_copyto'}
