@@ -1,4 +1,6 @@
-"""Two or more methods of one setting, side by side: ``python -m benchmarks.pair OPT ROWS DIM M1 M2 ...``.
+"""Two or more methods of one setting, side by side.
+
+``python -m benchmarks.pair OPT ROWS DIM M1 M2 ...``
 
 Prints each method's steps/s over the first method's, timed in interleaved rounds in one
 process (as :mod:`benchmarks.throughput` does for all methods). Run it from two checkouts to

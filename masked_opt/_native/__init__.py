@@ -1,1 +1,4 @@
-"""The native operators' source (ops.cc) and, once built, libmasked_opt_ops.so; see masked_opt.native."""
+"""The native operators' source (ops.cc) and, once built, libmasked_opt_ops.so.
+
+See :mod:`masked_opt.native`.
+"""
