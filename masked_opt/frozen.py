@@ -14,8 +14,9 @@ state *across* parameters that moves on every call, whatever the arrays hold:
 Skipping the call for a fully frozen parameter would give its unmasked neighbours other bits
 than the wrapped optimizer alone (contract C4). So the wrapped optimizer is called for it, in
 the same place of the call sequence and of the multi-tensor group, with a tiny stand-in: one
-row of zeros, a zero gradient and a state of its own made once. The result is discarded; the real weight and its state are never handed over,
-so frozen entries keep their bits (C1), and the cost is one row per step (C6).
+row of zeros, a zero gradient and a state of its own made once. The result is discarded; the
+real weight and its state are never handed over, so frozen entries keep their bits (C1), and
+the cost is one row per step (C6).
 
 Exact for every optimizer MXNet 1.9.1 registers but one: SGLD adds Gaussian noise drawn from one
 shared stream, and how far the stream advances depends on the size of each draw. Matching it
