@@ -1,15 +1,13 @@
 """Optional native operators for the sparse path: find, check and load them, once.
 
 ``pip install .`` compiles ``masked_opt/_native/ops.cc`` into ``libmasked_opt_ops.so`` when a
-C++ compiler is there (see setup.py). The library adds four MXNet CPU operators, run on
+C++ compiler is there (see setup.py). The library adds three MXNet CPU operators, run on
 MXNet's engine like any other, so a row_sparse gradient's row ids are never read on the host:
 
 * ``mx.nd.masked_opt_rsp_block(grad, lo=, hi=, c0=, c1=)``: rows ``[lo, hi)`` (ids shifted by
   ``-lo``) and columns ``[c0, c1)`` of a row_sparse ``grad``, as a row_sparse array;
 * ``mx.nd.masked_opt_rsp_block_gather(grad, weight, scratch, lo=, hi=, c0=, c1=)``: the same,
   and the weight's block at those rows copied into ``scratch`` (in place), in one operation;
-* ``mx.nd.masked_opt_gather_rows(weight, gblock, c0=)``: dense ``(R, k)``, row ``r`` of it
-  ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock`` (other rows unspecified);
 * ``mx.nd.masked_opt_scatter_rows(weight, block, gblock, c0=, out=weight)``: writes
   ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place.
 
@@ -41,14 +39,13 @@ from collections import namedtuple
 import mxnet as mx
 
 __all__ = ['ABI', 'LIB_NAME', 'Status', 'available', 'status', 'notify_fallback',
-           'rsp_block', 'rsp_block_gather', 'gather_rows', 'scatter_rows']
+           'rsp_block', 'rsp_block_gather', 'scatter_rows']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
-ABI = 2
+ABI = 3
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
-OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_gather_rows',
-       'masked_opt_scatter_rows')
+OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows')
 
 REBUILD = ('install a C++ compiler (g++) and reinstall masked_opt from its source with '
            '`pip install --force-reinstall --no-deps .`')
@@ -250,15 +247,6 @@ def rsp_block_gather(grad, weight, scratch, lo, hi, c0, c1):
     """
     return _op('masked_opt_rsp_block_gather')(grad, weight, scratch, lo=int(lo), hi=int(hi),
                                               c0=int(c0), c1=int(c1))
-
-
-def gather_rows(weight, gblock, c0, out=None):
-    """Dense ``(R, k)``: row ``r`` is ``weight[r, c0:c0+k]`` for each row id ``r`` of `gblock`.
-
-    `weight` is dense ``(R, D)``, `gblock` row_sparse ``(R, k)`` (only its ids are used). The
-    other rows of the result are unspecified (never written; with `out`, left as they were).
-    """
-    return _op('masked_opt_gather_rows')(weight, gblock, c0=int(c0), out=out)
 
 
 def scatter_rows(weight, block, gblock, c0):

@@ -132,24 +132,6 @@ def test_rsp_block_of_empty_and_of_no_kept_rows(lib, dtype):
         assert_same_bits(np.ones((6, 2), dtype), w)
 
 
-@given(case=rows_case())
-def test_gather_rows_matches_numpy(lib, case):
-    R, D, c0, k, dtype = (case[n] for n in ('R', 'D', 'c0', 'k', 'dtype'))
-    ids = np.asarray(case['ids'], np.int64)
-    w = random_bits(case['seed'], (R, D), dtype)
-    gblock, _ = row_sparse(case['seed'] + 1, ids, (R, k), dtype)
-    out = native.gather_rows(mx.nd.array(w, dtype=dtype), gblock, c0)
-    assert out.stype == 'default' and out.shape == (R, k) and out.dtype == np.dtype(dtype)
-    assert_same_bits(w[ids, c0:c0 + k], out.asnumpy()[ids], 'gathered rows')
-    # with out=: the rows not in gblock keep what they held
-    prior = random_bits(case['seed'] + 2, (R, k), dtype)
-    dst = mx.nd.array(prior, dtype=dtype)
-    native.gather_rows(mx.nd.array(w, dtype=dtype), gblock, c0, out=dst)
-    expect = prior.copy()
-    expect[ids] = w[ids, c0:c0 + k]
-    assert_same_bits(expect, dst, 'out= array')
-
-
 @given(case=rows_case(), margin=st.tuples(st.integers(0, 5), st.integers(0, 5)))
 def test_scatter_rows_into_a_slice_view(lib, case, margin):
     """scatter_rows(big[lo:hi], ...) writes into big; every other entry of big keeps its bits."""
@@ -203,7 +185,8 @@ def test_no_host_read_during_the_calls(lib, monkeypatch):
             m.setattr(mx.nd.sparse.RowSparseNDArray, name, property(refuse))
         m.setattr(mx.nd, 'waitall', refuse)
         gblock = native.rsp_block(grad, lo, hi, c0, c1)
-        gathered = native.gather_rows(big[lo:hi], gblock, c0)
+        gathered = mx.nd.zeros((hi - lo, c1 - c0))
+        native.rsp_block_gather(grad, big, gathered, lo, hi, c0, c1)
         native.scatter_rows(big[lo:hi], upd, gblock, c0)
     kept = ids[(ids >= lo) & (ids < hi)]
     np.testing.assert_array_equal(gblock.indices.asnumpy(), kept - lo)
@@ -222,10 +205,15 @@ def test_no_host_read_during_the_calls(lib, monkeypatch):
     (lambda g, w: mx.nd.masked_opt_rsp_block(w, lo=0, hi=2, c0=0, c1=1), 'row_sparse'),
     (lambda g, w: mx.nd.masked_opt_rsp_block(g.astype('int32'), lo=0, hi=2, c0=0, c1=1),
      'float16, float32 or float64'),
-    (lambda g, w: mx.nd.masked_opt_gather_rows(w, g, c0=1), 'does not fit'),
-    (lambda g, w: mx.nd.masked_opt_gather_rows(w[:5], g, c0=0), 'does not fit'),
+    (lambda g, w: mx.nd.masked_opt_scatter_rows(w, w, g, c0=1), 'does not fit'),
+    (lambda g, w: mx.nd.masked_opt_scatter_rows(w[:5], w[:5], g, c0=0), 'does not fit'),
     (lambda g, w: mx.nd.masked_opt_scatter_rows(w, w[:, :2], g, c0=0), "gblock's shape"),
-    (lambda g, w: mx.nd.masked_opt_gather_rows(w.astype('float64'), g, c0=0), 'share one dtype'),
+    (lambda g, w: mx.nd.masked_opt_scatter_rows(w.astype('float64'), w, g, c0=0),
+     'share one dtype'),
+    (lambda g, w: mx.nd.masked_opt_rsp_block_gather(g, w, w[:, :2], lo=0, hi=10, c0=0, c1=4),
+     "scratch the block's"),
+    (lambda g, w: mx.nd.masked_opt_rsp_block_gather(g, w.astype('float64'), w, lo=0, hi=10,
+                                                    c0=0, c1=4), 'share one dtype'),
 ])
 def test_bad_arguments_raise_clear_errors(lib, call, match):
     g, _ = row_sparse(0, [1, 2], (10, 4), 'float32')

@@ -12,7 +12,6 @@
  *   masked_opt_rsp_block_gather(grad, weight, scratch; lo, hi, c0, c1)
  *                                                       rsp_block, and scratch (hi-lo, c1-c0)
  *                                                       gets the weight's block at its rows
- *   masked_opt_gather_rows(weight, gblock; c0)          dense (R, D), rsp (R, k) -> dense (R, k)
  *   masked_opt_scatter_rows(weight, block, gblock; c0)  dense (R, D), dense (R, k), rsp (R, k)
  *                                                       -> dense (R, D); in place with out=weight
  *
@@ -33,7 +32,7 @@ using namespace mxnet::ext;
 
 // Bump on every change of an operator's name, signature or semantics: the Python loader
 // (masked_opt/native.py) refuses a library whose number differs from its own (a stale build).
-#define MASKED_OPT_OPS_ABI 2
+#define MASKED_OPT_OPS_ABI 3
 
 extern "C" __attribute__((visibility("default"))) int masked_opt_ops_abi() {
   return MASKED_OPT_OPS_ABI;
@@ -166,17 +165,8 @@ MXReturnValue block_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
   return MX_SUCCESS;
 }
 
-// ---------------------------------------------------------------- masked_opt_gather_rows
-const char* kGather = "masked_opt_gather_rows";
-
-MXReturnValue gather_parse(const Attrs& attrs, int* num_in, int* num_out) {
-  *num_in = 2;
-  *num_out = 1;
-  int64_t c0;
-  return get_index(attrs, kGather, "c0", &c0) ? MX_SUCCESS : MX_FAIL;
-}
-
-// weight and the row_sparse block share one dtype (the block's values are not read).
+// ------------------------------------------------ shared by rsp_block_gather and scatter_rows
+// All inputs share one float dtype (a row_sparse block's values are not read, its ids are).
 MXReturnValue same_float_types(const char* op, std::vector<int>* in, std::vector<int>* out) {
   if (!check_float(*in, 0, op, "weight")) return MX_FAIL;
   for (size_t i = 1; i < in->size(); ++i) {
@@ -190,20 +180,7 @@ MXReturnValue same_float_types(const char* op, std::vector<int>* in, std::vector
   return MX_SUCCESS;
 }
 
-MXReturnValue gather_type(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  return same_float_types(kGather, in, out);
-}
-
-MXReturnValue gather_stype(const Attrs&, std::vector<int>* in, std::vector<int>* out) {
-  if (in->at(0) != kDefaultStorage || in->at(1) != kRowSparseStorage) {
-    MX_ERROR_MSG << kGather << ": need a dense weight and a row_sparse gblock";
-    return MX_FAIL;
-  }
-  out->at(0) = kDefaultStorage;
-  return MX_SUCCESS;
-}
-
-// Shared by gather and scatter: weight (R, D) at input 0, gblock (R, k) at input `g`.
+// weight (R, D) at input 0, gblock (R, k) at input `g`.
 bool rows_shape(const char* op, const Attrs& attrs, const Shapes& in, size_t g, int64_t* k) {
   if (!check_2d(in, 0, op, "weight") || !check_2d(in, g, op, "gblock")) return false;
   int64_t c0;
@@ -219,13 +196,6 @@ bool rows_shape(const char* op, const Attrs& attrs, const Shapes& in, size_t g, 
   return true;
 }
 
-MXReturnValue gather_shape(const Attrs& attrs, Shapes* in, Shapes* out) {
-  int64_t k;
-  if (!rows_shape(kGather, attrs, *in, 1, &k)) return MX_FAIL;
-  out->at(0) = {in->at(0)[0], static_cast<unsigned int>(k)};
-  return MX_SUCCESS;
-}
-
 bool check_ids(const char* op, const MXSparse* G, int64_t R) {
   for (int64_t j = 0; j < G->indices_len; ++j) {
     if (G->indices[j] < 0 || G->indices[j] >= R) {
@@ -234,25 +204,6 @@ bool check_ids(const char* op, const MXSparse* G, int64_t R) {
     }
   }
   return true;
-}
-
-MXReturnValue gather_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
-                             std::vector<MXTensor>* outputs, const OpResource&) {
-  int64_t c0;
-  if (!get_index(attrs, kGather, "c0", &c0)) return MX_FAIL;
-  MXTensor& w = inputs->at(0);
-  MXSparse* G = inputs->at(1).data<MXSparse>();
-  MXTensor& out = outputs->at(0);
-  const int64_t R = w.shape[0], D = w.shape[1], k = out.shape[1];
-  const size_t es = elem_size(w.dtype);
-  if (!check_ids(kGather, G, R)) return MX_FAIL;
-  const char* src = static_cast<const char*>(w.data_ptr);
-  char* dst = static_cast<char*>(out.data_ptr);
-  for (int64_t j = 0; j < G->indices_len; ++j) {
-    const int64_t r = G->indices[j];
-    std::memcpy(dst + r * k * es, src + (r * D + c0) * es, k * es);
-  }
-  return MX_SUCCESS;
 }
 
 // ---------------------------------------------------------------- masked_opt_scatter_rows
@@ -317,10 +268,10 @@ MXReturnValue scatter_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
 }
 
 // ---------------------------------------------------------- masked_opt_rsp_block_gather
-// rsp_block and gather_rows in one engine operation, for the column path: the block's
-// gradient rows come out as the row_sparse output, and the same rows of the weight's column
-// block are copied into `scratch` (input 2, mutated: MXNet orders it as a write). One
-// operation less per step than the two calls (each costs ~30 us of dispatch).
+// The column path's first operation: the block's gradient rows come out as the row_sparse
+// output (as rsp_block), and the same rows of the weight's column block are copied into
+// `scratch` (input 2, mutated: MXNet orders it as a write). One operation instead of a re-key
+// and a separate gather: each call costs ~30 us of dispatch.
 const char* kBlockGather = "masked_opt_rsp_block_gather";
 
 MXReturnValue block_gather_parse(const Attrs& attrs, int* num_in, int* num_out) {
@@ -364,11 +315,10 @@ MXReturnValue block_gather_mutate(const Attrs&, std::vector<int>* inputs) {
 MXReturnValue block_gather_forward(const Attrs& attrs, std::vector<MXTensor>* inputs,
                                    std::vector<MXTensor>* outputs, const OpResource& res) {
   if (block_forward(attrs, inputs, outputs, res) != MX_SUCCESS) return MX_FAIL;
-  int64_t lo, c0;
+  int64_t lo, hi, c0;
   get_index(attrs, kBlockGather, "lo", &lo);
-  get_index(attrs, kBlockGather, "c0", &c0);
-  int64_t hi;
   get_index(attrs, kBlockGather, "hi", &hi);
+  get_index(attrs, kBlockGather, "c0", &c0);
   // The kept rows again from the input's ids: alloc_sparse sets the output's data and
   // indices pointers but not its indices_len.
   const MXSparse* A = inputs->at(0).data<MXSparse>();
@@ -404,13 +354,6 @@ REGISTER_OP(masked_opt_rsp_block)
     .setInferType(block_type)
     .setInferSType(block_stype)
     .setInferShape(block_shape);
-
-REGISTER_OP(masked_opt_gather_rows)
-    .setForward(gather_forward, "cpu")
-    .setParseAttrs(gather_parse)
-    .setInferType(gather_type)
-    .setInferSType(gather_stype)
-    .setInferShape(gather_shape);
 
 REGISTER_OP(masked_opt_scatter_rows)
     .setForward(scatter_forward, "cpu")
