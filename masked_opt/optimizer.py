@@ -26,12 +26,10 @@ The wrapper keeps no optimizer settings of its own: learning rate, ``rescale_gra
 the properties below forward them, because Module and Trainer set them on the object they were
 given (see ``_FORWARDED``).
 """
-import ctypes
 import fnmatch
 
 import numpy as np
 from mxnet import optimizer as mx_opt
-from mxnet.base import _LIB, check_call
 
 from . import server as _server
 from .frozen import StandIns
@@ -295,28 +293,44 @@ class Masked(mx_opt.Optimizer):
         Module and Trainer name parameters by position (``idx2name``), and MXNet's Updater
         keys optimizer states by position too. A ``BucketingModule`` whose buckets have other
         parameter lists (a bucket without one layer) shifts the positions: the masks and
-        states of one parameter would meet another parameter's weight. The weight's memory
-        address (shared by every bucket, read without a sync) tells: an address first seen at
-        another position is that other parameter. An address never seen is accepted (an array
-        reallocated in place of the old one, e.g. ``Parameter.reset_ctx``).
+        states of one parameter would meet another parameter's weight. The weight's shape and
+        dtype tell, where they differ: a position that now holds a shape and dtype seen only
+        at another position holds that other parameter. A new shape seen nowhere else is left
+        to the plan's check (a table grown in place, :meth:`_stale_plan`); two parameters of
+        one shape cannot be told apart (nor by MXNet). (The weight's memory address would
+        tell those too, but reading it with ``MXNDArrayGetData`` while a queued operator still
+        produces the weight allocates its memory a second time in MXNet 1.9.1: the update then
+        wrote frozen entries, ``tests/test_edges.py::test_repeated_runs_give_the_same_bits``.)
         """
-        arrays = self.__dict__.setdefault('_arrays', {})   # key -> address, address -> key
-        address = (_data_address(weight), weight.context)
-        seen = arrays.get(key)
-        if seen == address:
+        seen = self.__dict__.setdefault('_arrays', {})   # key -> set of (shape, dtype) held
+        now = (tuple(weight.shape), weight.dtype)
+        mine = seen.setdefault(key, set())
+        if now in mine:
             return
-        owner = arrays.get(address)
-        if owner is not None and owner != key:
-            names = self._index_names
-            raise ValueError(
-                'parameter position %r now holds the array first seen at position %r (%r), '
-                'where %r was expected. The optimizer is shared by modules whose parameter '
-                'lists differ (a BucketingModule whose buckets have different parameters): '
-                'MXNet keys masks and optimizer states by position, so parameters would get '
-                "each other's masks and states. Give every bucket the same parameter list."
-                % (key[0], owner[0], names.get(owner[0]), names.get(key[0])))
-        arrays.pop(seen, None)
-        arrays[key], arrays[address] = address, key
+        name = self._index_names.get(key[0])
+        if not mine:
+            # First sight: the Module or Trainer up the call stack knows the shape of the
+            # parameter the position is named after (once per position, not per step).
+            from .validate import known_params
+            expected = known_params(self).get(name)
+            if expected is not None and tuple(expected[0]) != now[0]:
+                self._shifted(key, now, 'parameter %r has shape %s' % (name, tuple(expected[0])))
+        else:
+            owner = next((k for k, held in seen.items() if k != key and k[1] == key[1]
+                          and now in held), None)
+            if owner is not None:
+                self._shifted(key, now, 'position %r (%r) held that shape'
+                              % (owner[0], self._index_names.get(owner[0])))
+        mine.add(now)
+
+    def _shifted(self, key, now, why):
+        raise ValueError(
+            'parameter position %r (named %r) holds an array of shape %s, but %s. The '
+            'optimizer is shared by modules whose parameter lists differ (a BucketingModule '
+            'whose buckets have different parameters): MXNet keys masks and optimizer states '
+            "by position, so parameters would get each other's masks and states. Give every "
+            'bucket the same parameter list.'
+            % (key[0], self._index_names.get(key[0]), now[0], why))
 
     def _stale_plan(self, index, plan, weight):
         raise ValueError(
@@ -492,7 +506,7 @@ class Masked(mx_opt.Optimizer):
     def __getstate__(self):
         state = dict(self.__dict__)
         state['_plans'] = {}  # device arrays are rebuilt on whichever process unpickles
-        state.pop('_arrays', None)   # addresses of this process's arrays (_check_identity)
+        state.pop('_arrays', None)   # what this process's arrays looked like (_check_identity)
         state.pop('_server', None)
         if _server.pickling_for_servers():
             state['_dist'] = _server.capture(self)  # names, full shapes: servers see flat keys
@@ -527,13 +541,6 @@ class _Step:
 for _name in _FORWARDED:
     setattr(Masked, _name, _forward(_name))
 del _name
-
-
-def _data_address(array):
-    """The address of an NDArray's memory (MXNDArrayGetData: no wait, no copy)."""
-    address = ctypes.c_void_p()
-    check_call(_LIB.MXNDArrayGetData(array.handle, ctypes.byref(address)))
-    return address.value
 
 
 def _key_name(key):

@@ -80,8 +80,10 @@ def known_params(opt):
            if _known(p.shape)}
     if out:
         return out
-    from mxnet.gluon import Trainer
-    from mxnet.module import Module
+    # Looked up, not imported: where mxnet.module or mxnet.gluon is not loaded yet (on a kvstore
+    # server, mxnet itself may still be importing) no Module or Trainer can be on the stack.
+    Module = getattr(sys.modules.get('mxnet.module.module'), 'Module', ())
+    Trainer = getattr(sys.modules.get('mxnet.gluon.trainer'), 'Trainer', ())
     frame = sys._getframe(1)
     while frame is not None:
         owner = frame.f_locals.get('self')
