@@ -32,6 +32,7 @@ import ctypes
 import numpy as np
 from mxnet import ndarray as nd
 from mxnet.base import _LIB, NDArrayHandle, check_call
+from mxnet.context import cpu
 
 # nd.array(numpy) uploads synchronously; it is only called when a plan is built, once per
 # parameter and context, never per step (SparseStep's per-step uploads use _upload).
@@ -64,13 +65,25 @@ def _upload(values, ctx, dtype):
     """``nd.array(values, ctx=ctx, dtype=dtype)`` for a numpy array, without blocking Python.
 
     ``nd.array`` (and ``_sync_copyfrom``) push a write onto the engine and wait for it, behind
-    whatever the worker is still running: every upload becomes a wait. Wrapping a private
-    numpy copy as a CPU NDArray (``from_numpy``, zero copy: the NDArray keeps the numpy buffer
-    alive) costs no engine round trip, and ``as_in_context`` to another device is an
-    asynchronous copy. SparseStep uploads a few small index arrays every step.
+    whatever the worker is still running: every upload becomes a wait. Instead the values are
+    copied straight into the memory of a fresh CPU NDArray (``nd.empty``; ``MXNDArrayGetData``
+    allocates it): no engine operation has seen that array yet, so nothing can race with the
+    copy, and every operator pushed afterwards reads the values. ``as_in_context`` to another
+    device is an asynchronous copy. SparseStep uploads a few small index arrays every step.
+
+    Not ``nd.from_numpy(zero_copy=True)``, which is as fast: its NDArray frees the numpy buffer
+    through a Python callback, run by whichever thread drops the last reference. When that is
+    an engine worker finishing an operator while Python shuts down, the callback cannot take
+    the GIL, the worker thread is unwound through C++ and the process aborts ("terminate called
+    without an active exception"), in about one script in three that exits right after
+    training on this path (``tests/test_exit.py``).
     """
-    host = np.array(values, dtype=dtype, order='C', copy=True)  # from_numpy marks it read-only
-    out = nd.from_numpy(host, zero_copy=True)
+    host = np.ascontiguousarray(values, dtype=dtype)
+    out = nd.empty(host.shape, ctx=cpu(), dtype=host.dtype)   # memory MXNet owns and frees
+    if host.size:
+        ptr = ctypes.c_void_p()
+        check_call(_LIB.MXNDArrayGetData(out.handle, ctypes.byref(ptr)))
+        ctypes.memmove(ptr, host.ctypes.data, host.nbytes)
     return out if out.context == ctx else out.as_in_context(ctx)
 
 
