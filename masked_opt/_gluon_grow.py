@@ -5,7 +5,8 @@ arrays and Module's dicts.
 """
 import mxnet as mx
 
-from .grow import BIAS_INIT, DEFAULT_INIT, _append, _check_n_new, _new_rows, _rng, _table_kind
+from ._row_init import BIAS_INIT, DEFAULT_INIT, _check_n_new, _new_rows, _rng, _table_kind
+from .grow import _append
 from .masks import train_rows_from
 
 __all__ = ['grow_embedding', 'grow_dense']
