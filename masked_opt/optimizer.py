@@ -35,6 +35,7 @@ from . import server as _server
 from .frozen import StandIns
 from .masks import as_mask
 from .native_step import block_ranges, choose_sparse_step
+from .positions import PositionHistory, stale_plan_error
 from .state_shapes import (
     check_weight_shaped,
     is_full_size,
@@ -55,8 +56,8 @@ _FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'mult
 
 # The wrapper's own fields; every other attribute written on it that the wrapped optimizer
 # has is written there (Masked.__setattr__).
-_OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_arrays', '_server',
-                         '_dist'})
+_OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_positions', '_server',
+                         '_dist', '_stand_ins'})
 
 # What the wrapper reports as its aggregate_num: large, so that MXNet's Updater hands it every
 # parameter of a step in one call. All masks are then resolved before any weight is written
@@ -72,6 +73,46 @@ def _forward(name):
     def set_(self, value):
         setattr(self.base, name, value)
     return property(get, set_, doc='Forwarded to the wrapped optimizer (``base.%s``).' % name)
+
+
+# What Module and Trainer pass to an optimizer's constructor; all a Masked around an instance
+# accepts (hyper-parameters belong to the instance's own constructor).
+_BASE_INSTANCE_KWARGS = ('sym', 'param_idx2name', 'param_dict', 'rescale_grad')
+
+
+def _wrapped_optimizer(base, kwargs):
+    """The optimizer a Masked wraps: ``base`` created by name with ``kwargs``, or the instance
+    given, which then takes only what Module and Trainer pass (see ``Masked``)."""
+    if isinstance(base, mx_opt.Optimizer):
+        if isinstance(base, Masked):
+            raise TypeError("base must be an optimizer other than 'masked'; received a "
+                            "Masked optimizer. Pass its .base instead.")
+        extra = sorted(set(kwargs) - set(_BASE_INSTANCE_KWARGS))
+        if extra:
+            raise TypeError('base is an optimizer instance, so hyper-parameters belong to '
+                            'its constructor; received %s here. Pass them when creating '
+                            'the base optimizer, or pass base by name.' % extra)
+        if kwargs.get('sym') is not None:
+            sym = kwargs['sym']
+            base.sym_info = (sym.attr_dict(), sym.list_arguments())
+        if kwargs.get('param_idx2name'):
+            base.idx2name = dict(kwargs['param_idx2name'])
+        if kwargs.get('param_dict'):
+            base.param_dict = kwargs['param_dict']
+        if 'rescale_grad' in kwargs:
+            base.rescale_grad = kwargs['rescale_grad']
+        return base
+    if isinstance(base, str):
+        if base.lower() == 'masked':
+            raise ValueError("base must name an optimizer other than 'masked', e.g. "
+                             "'sgd' or 'adam'")
+        if base.lower() not in mx_opt.Optimizer.opt_registry:
+            raise ValueError("unknown base optimizer %r; expected one of the registered "
+                             "names %s" % (base, sorted(
+                                 n for n in mx_opt.Optimizer.opt_registry if n != 'masked')))
+        return mx_opt.create(base, **kwargs)
+    raise TypeError("base must be an optimizer name such as 'adam' or an "
+                    "mxnet.optimizer.Optimizer instance, received %s" % type(base).__name__)
 
 
 @mx_opt.register
@@ -117,43 +158,10 @@ class Masked(mx_opt.Optimizer):
     (True, True)
     """
 
-    _BASE_INSTANCE_KWARGS = ('sym', 'param_idx2name', 'param_dict', 'rescale_grad')
-
     def __init__(self, base='sgd', masks=None, **kwargs):  # pylint: disable=super-init-not-called
         # Optimizer.__init__ is deliberately not called: every setting it would create lives in
         # the wrapped optimizer and is reached through the forwarding properties.
-        if isinstance(base, mx_opt.Optimizer):
-            if isinstance(base, Masked):
-                raise TypeError("base must be an optimizer other than 'masked'; received a "
-                                "Masked optimizer. Pass its .base instead.")
-            extra = sorted(set(kwargs) - set(self._BASE_INSTANCE_KWARGS))
-            if extra:
-                raise TypeError('base is an optimizer instance, so hyper-parameters belong to '
-                                'its constructor; received %s here. Pass them when creating '
-                                'the base optimizer, or pass base by name.' % extra)
-            self.base = base
-            if kwargs.get('sym') is not None:
-                sym = kwargs['sym']
-                base.sym_info = (sym.attr_dict(), sym.list_arguments())
-            if kwargs.get('param_idx2name'):
-                base.idx2name = dict(kwargs['param_idx2name'])
-            if kwargs.get('param_dict'):
-                base.param_dict = kwargs['param_dict']
-            if 'rescale_grad' in kwargs:
-                base.rescale_grad = kwargs['rescale_grad']
-        elif isinstance(base, str):
-            if base.lower() == 'masked':
-                raise ValueError("base must name an optimizer other than 'masked', e.g. "
-                                 "'sgd' or 'adam'")
-            if base.lower() not in mx_opt.Optimizer.opt_registry:
-                raise ValueError("unknown base optimizer %r; expected one of the registered "
-                                 "names %s" % (base, sorted(
-                                     n for n in mx_opt.Optimizer.opt_registry if n != 'masked')))
-            self.base = mx_opt.create(base, **kwargs)
-        else:
-            raise TypeError("base must be an optimizer name such as 'adam' or an "
-                            "mxnet.optimizer.Optimizer instance, received %s"
-                            % type(base).__name__)
+        self.base = _wrapped_optimizer(base, kwargs)
         self.masks = {}
         for key, value in (masks or {}).items():
             name = _key_name(key)
@@ -260,11 +268,16 @@ class Masked(mx_opt.Optimizer):
     def _plan(self, index, weight):
         key = (index, weight.context)
         if not isinstance(index, str) and weight.stype == 'default':
-            self._check_identity(key, weight)
+            # A shifted bucket would give this parameter another one's mask and state.
+            positions = self.__dict__.get('_positions')
+            if positions is None:
+                positions = self._positions = PositionHistory()
+            positions.check(key, weight, name=self._index_names.get(index), optimizer=self)
         if key in self._plans:
             plan = self._plans[key]
             if plan is not None and plan.shape != weight.shape:
-                self._stale_plan(index, plan, weight)
+                raise stale_plan_error(self._index_names.get(index, index), plan.shape,
+                                       weight.shape)
             return plan
         if self.__dict__.get('_server') is not None:
             # On a dist kvstore server: flat arrays and shards (see server.py).
@@ -286,59 +299,6 @@ class Masked(mx_opt.Optimizer):
                 plan = self._build_plan(name, weight, self.masks[mask_key])
         self._plans[key] = plan
         return plan
-
-    def _check_identity(self, key, weight):
-        """Refuse a position that now holds another parameter's array.
-
-        Module and Trainer name parameters by position (``idx2name``), and MXNet's Updater
-        keys optimizer states by position too. A ``BucketingModule`` whose buckets have other
-        parameter lists (a bucket without one layer) shifts the positions: the masks and
-        states of one parameter would meet another parameter's weight. The weight's shape and
-        dtype tell, where they differ: a position that now holds a shape and dtype seen only
-        at another position holds that other parameter. A new shape seen nowhere else is left
-        to the plan's check (a table grown in place, :meth:`_stale_plan`); two parameters of
-        one shape cannot be told apart (nor by MXNet). (The weight's memory address would
-        tell those too, but reading it with ``MXNDArrayGetData`` while a queued operator still
-        produces the weight allocates its memory a second time in MXNet 1.9.1: the update then
-        wrote frozen entries, ``tests/test_edges.py::test_repeated_runs_give_the_same_bits``.)
-        """
-        seen = self.__dict__.setdefault('_arrays', {})   # key -> set of (shape, dtype) held
-        now = (tuple(weight.shape), weight.dtype)
-        mine = seen.setdefault(key, set())
-        if now in mine:
-            return
-        name = self._index_names.get(key[0])
-        if not mine:
-            # First sight: the Module or Trainer up the call stack knows the shape of the
-            # parameter the position is named after (once per position, not per step).
-            from .validate import known_params
-            expected = known_params(self).get(name)
-            if expected is not None and tuple(expected[0]) != now[0]:
-                self._shifted(key, now, 'parameter %r has shape %s' % (name, tuple(expected[0])))
-        else:
-            owner = next((k for k, held in seen.items() if k != key and k[1] == key[1]
-                          and now in held), None)
-            if owner is not None:
-                self._shifted(key, now, 'position %r (%r) held that shape'
-                              % (owner[0], self._index_names.get(owner[0])))
-        mine.add(now)
-
-    def _shifted(self, key, now, why):
-        raise ValueError(
-            'parameter position %r (named %r) holds an array of shape %s, but %s. The '
-            'optimizer is shared by modules whose parameter lists differ (a BucketingModule '
-            'whose buckets have different parameters): MXNet keys masks and optimizer states '
-            "by position, so parameters would get each other's masks and states. Give every "
-            'bucket the same parameter list.'
-            % (key[0], self._index_names.get(key[0]), now[0], why))
-
-    def _stale_plan(self, index, plan, weight):
-        raise ValueError(
-            'parameter %r has shape %s, but its mask was resolved for shape %s when the '
-            'optimizer first saw it: the parameter was resized (e.g. a table grown in place) '
-            'under a live optimizer, which would keep training the old block only. Create the '
-            'Trainer (or call Module.init_optimizer) again after growing.'
-            % (self._index_names.get(index, index), weight.shape, plan.shape))
 
     def _build_plan(self, name, weight, mask):
         if not np.issubdtype(np.dtype(weight.dtype), np.floating):
@@ -506,7 +466,7 @@ class Masked(mx_opt.Optimizer):
     def __getstate__(self):
         state = dict(self.__dict__)
         state['_plans'] = {}  # device arrays are rebuilt on whichever process unpickles
-        state.pop('_arrays', None)   # what this process's arrays looked like (_check_identity)
+        state.pop('_positions', None)   # what this process's arrays looked like
         state.pop('_server', None)
         if _server.pickling_for_servers():
             state['_dist'] = _server.capture(self)  # names, full shapes: servers see flat keys

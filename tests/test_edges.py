@@ -170,7 +170,7 @@ def test_bucketing_module_with_the_same_parameters_trains_masked():
 def test_repeated_runs_give_the_same_bits():
     """The same short row_sparse run (pure path, a non-contiguous column mask, Adam with wd),
     repeated 300 times, ends on the same bits every time. Reading the weight's memory address
-    with MXNDArrayGetData (an earlier way to tell parameters apart, _check_identity) while
+    with MXNDArrayGetData (an earlier way to tell parameters apart, masked_opt.positions) while
     the weight was still being produced by a queued operator corrupted frozen entries in
     about 1 run in 60."""
     shape = (8, 6)
