@@ -11,8 +11,10 @@ state *across* parameters that moves on every call, whatever the arrays hold:
   step ``t`` of that parameter when it trains again (staged unfreezing);
 - LBSGD reads the learning rate before counting, so the order of the counts matters.
 
-Skipping the call for a fully frozen parameter would give its unmasked neighbours other bits
-than the wrapped optimizer alone (contract C4). So the wrapped optimizer is called for it, in
+Two cases train nothing of a masked parameter in a step: a mask that freezes every entry, and
+a row_sparse gradient that holds none of the trainable rows (lazy updates, pure path).
+Skipping the call in either would give its unmasked neighbours other bits than the wrapped
+optimizer alone (contract C4). So the wrapped optimizer is called for the parameter, in
 the same place of the call sequence and of the multi-tensor group, with a tiny stand-in: one
 row of zeros, a zero gradient and a state of its own made once. The result is discarded; the
 real weight and its state are never handed over, so frozen entries keep their bits (C1), and

@@ -28,11 +28,11 @@ Where it applies is decided in one place, :func:`choose_sparse_step`: the MXNet 
 whose row_sparse update is a lazy kernel that gives the pure path's bits (SGD with and without
 momentum: ``sgd_update`` / ``sgd_mom_update``; Adam: ``adam_update``; with
 ``lazy_update=True``), CPU contexts, 0/1 masks, a block-sized state, no float32 master copy.
-Everything else takes the pure path. The one behavioural difference is *when* the wrapped
-optimizer is called: the native path calls it every step, also when no trainable row is in
-the batch (the kernel then changes nothing), where the pure path only counts the update
-(``_update_count``); for SGD and Adam both leave the same update counts, lr schedule and bias
-correction (``tests/test_native_paths.py`` checks the counts on the bits of the results).
+Everything else takes the pure path. Both call the wrapped optimizer every step, also when no
+trainable row is in the batch: the native path with its re-keyed gradient (the kernel then
+changes nothing), the pure path with a one-row stand-in (``masked_opt/frozen.py``), as for a
+fully frozen parameter; so update counts, lr schedules and Adam's bias correction agree
+(``tests/test_native_paths.py`` checks the counts on the bits of the results).
 """
 import numpy as np
 from mxnet import ndarray as nd

@@ -347,15 +347,14 @@ class Masked(mx_opt.Optimizer):
                 inner(index, weight, grad, state)
                 return
             step = self._prepare(plan, index, weight, grad, state, multi_precision)
-            if step is not None:
-                # With one-element lists when the wrapped optimizer aggregates, as MXNet's
-                # Updater calls it: LAMB's single-tensor multi_precision path never updates
-                # its float32 master copy in MXNet 1.9.1; its list path does.
-                if group > 0:
-                    inner([index], [step.weight], [step.grad], [step.state])
-                else:
-                    inner(index, step.weight, step.grad, step.state)
-                step.finish()
+            # With one-element lists when the wrapped optimizer aggregates, as MXNet's
+            # Updater calls it: LAMB's single-tensor multi_precision path never updates
+            # its float32 master copy in MXNet 1.9.1; its list path does.
+            if group > 0:
+                inner([index], [step.weight], [step.grad], [step.state])
+            else:
+                inner(index, step.weight, step.grad, step.state)
+            step.finish()
             return
         # A whole step at once (see _WHOLE_STEP). Resolve every mask first, so that a bad one
         # raises before any weight is written. Then make the very calls the wrapped optimizer
@@ -372,9 +371,6 @@ class Masked(mx_opt.Optimizer):
             steps = [self._prepare(plans[k], index[k], weight[k], grad[k], state[k],
                                    multi_precision)
                      for k in range(start, min(start + size, len(index)))]
-            steps = [st for st in steps if st is not None]
-            if not steps:
-                continue
             if group > 0:
                 inner([st.index for st in steps], [st.weight for st in steps],
                       [st.grad for st in steps], [st.state for st in steps])
@@ -403,9 +399,9 @@ class Masked(mx_opt.Optimizer):
     def _prepare(self, plan, index, weight, grad, state, multi_precision):
         """What the wrapped optimizer updates for one parameter this step, and how to finish.
 
-        Returns a :class:`_Step` whose arrays go to the wrapped optimizer (a stand-in's for a
-        fully frozen parameter, :meth:`_stand_in`), or None when a row_sparse gradient holds
-        none of the trainable rows this step.
+        Returns a :class:`_Step` whose arrays go to the wrapped optimizer: a stand-in's
+        (:meth:`_stand_in`) for a fully frozen parameter and for a row_sparse gradient that
+        holds none of the trainable rows this step.
         """
         if plan is None:
             return _Step(index, weight, grad, state, finish=None)
@@ -421,8 +417,10 @@ class Masked(mx_opt.Optimizer):
             sel = choose_sparse_step(plan, index, weight, grad, self.base, full_state=full_state,
                                      multi_precision=multi_precision)
             if sel.empty:
-                self.base._update_count(index)
-                return None
+                # No trainable row in this batch: nothing of the block moves (lazy), but MXNet
+                # alone would still call the optimizer here, so it gets the stand-in, as for
+                # a fully frozen parameter (counting alone left Nadam's schedule behind).
+                return self._stand_in(index, weight, multi_precision)
         else:
             sel = plan
         w_block = sel.gather_weight(weight)   # dense path: into a buffer reused every step
