@@ -6,8 +6,9 @@ stand for. This module keeps that layout next to each state and uses it when sta
 
 :class:`MaskedUpdater` is the ``mxnet.optimizer.Updater`` that MXNet's Module, ``gluon.Trainer``
 and the local kvstore get for a :class:`~masked_opt.Masked` optimizer (importing masked_opt makes
-``mxnet.optimizer.get_updater`` return it for a Masked optimizer, and MXNet's own Updater for any
-other). It differs from MXNet's in three places:
+``mxnet.optimizer.get_updater`` return it for a Masked optimizer and for a wrapper around one,
+such as ``hvd.DistributedOptimizer``; MXNet's own Updater for any other). It differs from
+MXNet's in three places:
 
 * ``get_states`` saves, next to the states, the layout of each one (key :data:`LAYOUTS_KEY` of the
   pickled states dict: parameter name, weight shape, row and column bitmaps; plain Python types,
@@ -35,7 +36,7 @@ from mxnet.ndarray import NDArray
 from mxnet.ndarray import array as nd_array
 
 from . import server as _server
-from .optimizer import Masked
+from .wrappers import _held_optimizers, find_masked
 
 __all__ = ['MaskedUpdater', 'LAYOUTS_KEY']
 
@@ -153,8 +154,22 @@ class MaskedUpdater(mx_opt.Updater):
 
     def __init__(self, optimizer):
         super().__init__(optimizer)
+        self._masked_of = (None, None)   # (self.optimizer, the Masked it is or wraps)
         self.layouts = {}    # index -> _Layout of self.states[index] (None: no state needed)
         self._pending = {}   # index -> _Layout or None: loaded, not yet matched to a weight
+
+    def _masked(self):
+        """The Masked optimizer this updater's optimizer is or wraps (None when neither).
+
+        Usually the optimizer itself; under a wrapper such as Horovod's ``DistributedOptimizer``
+        the one inside, which keeps the masks, layouts and states' shapes. Looked up again when
+        the optimizer is replaced (MXNet's ``set_states`` does that).
+        """
+        opt, masked = self._masked_of
+        if opt is not self.optimizer:
+            masked = find_masked(self.optimizer)
+            self._masked_of = (self.optimizer, masked)
+        return masked
 
     # ---- saving ----
     def get_states(self, dump_optimizer=False):
@@ -177,9 +192,9 @@ class MaskedUpdater(mx_opt.Updater):
         loaded = dict(loaded)
         plain = loaded.pop(LAYOUTS_KEY, None) or {}
         layouts = {i: _Layout.from_plain(p) for i, p in plain.items() if i in loaded}
-        opt = self.optimizer
-        if not isinstance(opt, Masked):   # not ours any more: MXNet's semantics
-            self.states, self.optimizer = loaded, (file_opt or opt)
+        opt = self._masked()
+        if opt is None:   # not ours any more: MXNet's semantics
+            self.states, self.optimizer = loaded, (file_opt or self.optimizer)
             self.states_synced = dict.fromkeys(self.states, False)
             return
         pending = {i: layouts.get(i) for i in loaded}
@@ -215,8 +230,8 @@ class MaskedUpdater(mx_opt.Updater):
 
     def _record(self, index, weight):
         """Remember the layout of each state this call created (once per index)."""
-        opt = self.optimizer
-        if not isinstance(opt, Masked) or opt.__dict__.get('_server') is not None:
+        opt = self._masked()
+        if opt is None or opt.__dict__.get('_server') is not None:
             return
         indices = index if isinstance(index, (list, tuple)) else [index]
         weights = weight if isinstance(weight, (list, tuple)) else [weight]
@@ -228,11 +243,13 @@ class MaskedUpdater(mx_opt.Updater):
     def _match(self, states, pending, weights):
         """``{index: (state, layout)}`` for every pending index with a weight; raises first."""
         out = {}
+        opt = self._masked()
         for index, weight in weights.items():
-            opt = self.optimizer
-            name = _name_of(opt, index)
+            # The state first: its plan gives the masked optimizer the index's name (under a
+            # wrapper it learns names from its callers then).
             fresh = opt.create_state_multi_precision(index, weight)
             now = _layout_of(opt, index, weight)
+            name = _name_of(opt, index)
             out[index] = (_remap(name, states[index], pending[index], fresh, now, weight.shape),
                           now)
         return out
@@ -250,8 +267,28 @@ def _loud(fn):
 
 
 def _adopt(masked, file_opt):
-    """The state file's optimizer becomes the wrapped one; the live masks stay."""
-    base = file_opt.base if isinstance(file_opt, Masked) else file_opt
+    """The state file's optimizer becomes the wrapped one; the live masks stay.
+
+    The file holds whatever optimizer the Trainer had: a Masked one, a plain one (a warm start
+    from an unmasked run), or either inside a wrapper (``hvd.DistributedOptimizer``). The
+    wrapped optimizer taken from it is never a wrapper: the live wrapper stays outside.
+    """
+    inner = find_masked(file_opt)
+    if inner is not None:
+        base = inner.base
+    else:
+        base = file_opt
+        while True:
+            held = [o for o in _held_optimizers(base) if o is not base]
+            if not held:
+                break
+            if len(held) > 1:
+                raise ValueError(
+                    'the state file holds a %s that wraps several optimizers (%s); expected '
+                    'one optimizer, masked or not, possibly inside one wrapper. Load the '
+                    'states into a Trainer with that optimizer alone.'
+                    % (type(file_opt).__name__, ', '.join(type(o).__name__ for o in held)))
+            base = held[0]
     old = masked.base
     if not base.param_dict and old.param_dict:
         base.param_dict = old.param_dict
@@ -393,7 +430,9 @@ def _install():
     original = getattr(mx_opt.get_updater, '_masked_opt_original', mx_opt.get_updater)
 
     def get_updater(optimizer):
-        if isinstance(optimizer, Masked):
+        # A Masked optimizer, or one inside a wrapper (hvd.DistributedOptimizer): its states
+        # are block-sized either way, and their layouts must be saved and matched.
+        if find_masked(optimizer) is not None:
             return MaskedUpdater(optimizer)
         return original(optimizer)
     get_updater.__doc__ = original.__doc__

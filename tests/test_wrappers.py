@@ -11,7 +11,7 @@ import threading
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import assert_same_bits, changed_bits
+from bits import assert_same_bits, changed_bits, state_arrays
 from models import GluonMF, forum_mf, mf_iter, ratings
 
 import masked_opt as mo
@@ -229,3 +229,66 @@ def test_find_masked_through_two_wrappers():
     masked = mo.Masked(base='adam')
     assert find_masked(Forwarding(Forwarding(masked))) is masked
     assert find_masked(masked) is masked
+
+
+def _phases(wrap, tmp_path):
+    """Module, Adam: phase 1 trains book rows 6..9 and saves the optimizer states; phase 2
+    trains rows 4..7 (a block of the same shape, other rows) from them."""
+    rng = np.random.RandomState(3)
+    init = {MEMBER: mx.nd.array(rng.uniform(-.5, .5, (N_USERS, DIM))),
+            BOOK: mx.nd.array(rng.uniform(-.5, .5, (N_ITEMS, DIM)))}
+    path = str(tmp_path / ('wrapped.states' if wrap else 'direct.states'))
+    params = init
+    for phase, rows in ((1, range(6, 10)), (2, range(4, 8))):
+        opt = mo.Masked(base='adam', learning_rate=0.05, rescale_grad=1 / BATCH,
+                        masks={BOOK: mo.train_rows(rows), MEMBER: mo.freeze_rows(range(N_USERS))})
+        it = mf_iter(*ratings(N_USERS, N_ITEMS, BATCH * 3, seed=phase), BATCH)
+        mod = mx.mod.Module(forum_mf(N_USERS, N_ITEMS, DIM), data_names=('member', 'book'),
+                            label_names=('label',))
+        mod.bind(it.provide_data, it.provide_label)
+        mod.init_params(arg_params={k: v.copy() for k, v in params.items()})
+        mod.init_optimizer(kvstore=None, optimizer=Forwarding(opt) if wrap else opt)
+        if phase == 2:
+            mod.load_optimizer_states(path)
+        for batch in it:
+            mod.forward_backward(batch)
+            mod.update()
+        mod.save_optimizer_states(path)
+        params = mod.get_params()[0]
+    states = {mod._exec_group.param_names[i]: [a.asnumpy() for a in state_arrays(s)]
+              for i, s in mod._updater.states.items() if s is not None}
+    return {k: v.asnumpy() for k, v in params.items()}, states
+
+
+def test_module_wrapped_states_follow_their_rows_into_the_next_phase(tmp_path):
+    """Under a wrapper, MXNet's get_updater gets the wrapper, not the Masked: the updater
+    must still save the states' layouts and match them to the next phase's mask. The
+    regression: a plain Updater loaded the block as it was, so rows 6, 7 got the moments of
+    rows 8, 9 -- silently, the block having the same shape."""
+    direct, direct_states = _phases(False, tmp_path)
+    wrapped, wrapped_states = _phases(True, tmp_path)
+    for name in (MEMBER, BOOK):
+        assert_same_bits(direct[name], wrapped[name], name)
+    assert direct_states.keys() == wrapped_states.keys()
+    for name, arrays in direct_states.items():
+        for k, (a, b) in enumerate(zip(arrays, wrapped_states[name], strict=True)):
+            assert_same_bits(a, b, '%s state[%d]' % (name, k))
+    assert isinstance(mx.optimizer.get_updater(Forwarding(mo.Masked(base='sgd'))),
+                      mo.states.MaskedUpdater)
+
+
+def test_a_state_files_optimizer_inside_a_wrapper_becomes_the_wrapped_one():
+    """Gluon's state file holds the Trainer's optimizer, which may be a wrapper: what the live
+    Masked adopts from it is the optimizer doing the arithmetic, never a second wrapper."""
+    from masked_opt.states import _adopt
+    live = mo.Masked(base='sgd', masks={BOOK: mo.train_rows_from(N_OLD)})
+    plain = mx.optimizer.Adam(learning_rate=0.01)
+    _adopt(live, Forwarding(plain))            # an unmasked run, wrapped
+    assert live.base is plain and live.masks.keys() == {BOOK}
+    masked_adam = mo.Masked(base='adam', masks={MEMBER: mo.train_cols([0])})
+    _adopt(live, Forwarding(masked_adam))      # a masked run, wrapped: its base, live masks
+    assert live.base is masked_adam.base and live.masks.keys() == {BOOK}
+    two = Forwarding(plain)
+    two.other = mx.optimizer.SGD()
+    with pytest.raises(ValueError, match='wraps several optimizers'):
+        _adopt(live, two)
