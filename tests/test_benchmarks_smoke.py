@@ -39,3 +39,18 @@ def test_docstring_examples_run(name, monkeypatch):
     module = __import__('benchmarks.' + name, fromlist=[name])
     failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert attempted > 0 and failed == 0
+
+
+def test_pair_with_several_builds_prints_each_builds_time():
+    """``benchmarks.pair --builds 2``: every method built twice, the ratio over the median of
+    its builds, and each build's ms/step printed (the spread between builds of one method)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-m', 'benchmarks.pair', 'sgd', '200', '8', 'plain',
+                          'rows', '--builds', '2', '--rounds', '1', '--min-seconds', '0'],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.strip()]
+    assert lines[-2].startswith('sgd 200 x 8: plain x1.000, rows x'), lines
+    times = lines[-1].split(':', 1)[1].split(';')
+    assert [t.split()[0] for t in times] == ['plain', 'rows']
+    assert all(len(t.split()) == 3 for t in times), times   # the name and two builds
