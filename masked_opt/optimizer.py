@@ -272,7 +272,7 @@ class Masked(mx_opt.Optimizer):
             positions = self.__dict__.get('_positions')
             if positions is None:
                 positions = self._positions = PositionHistory()
-            positions.check(key, weight, name=self._index_names.get(index), optimizer=self)
+            positions.check(key, weight, names=self._index_names, optimizer=self)
         if key in self._plans:
             plan = self._plans[key]
             if plan is not None and plan.shape != weight.shape:

@@ -32,9 +32,10 @@ class PositionHistory:
     >>> import mxnet as mx
     >>> from masked_opt.positions import PositionHistory
     >>> history = PositionHistory()
-    >>> history.check((0, mx.cpu()), mx.nd.zeros((4, 2)), name='a', optimizer=None)
-    >>> history.check((1, mx.cpu()), mx.nd.zeros((3, 2)), name='b', optimizer=None)
-    >>> history.check((0, mx.cpu()), mx.nd.zeros((3, 2)), name='a', optimizer=None)
+    >>> names = {0: 'a', 1: 'b'}
+    >>> history.check((0, mx.cpu()), mx.nd.zeros((4, 2)), names=names, optimizer=None)
+    >>> history.check((1, mx.cpu()), mx.nd.zeros((3, 2)), names=names, optimizer=None)
+    >>> history.check((0, mx.cpu()), mx.nd.zeros((3, 2)), names=names, optimizer=None)
     Traceback (most recent call last):
     ...
     ValueError: parameter position 0 (named 'a') holds an array of shape (3, 2), but position 1 ...
@@ -42,9 +43,8 @@ class PositionHistory:
 
     def __init__(self):
         self._held = {}   # (position, context) -> set of (shape, dtype)
-        self._names = {}  # position -> name, for messages
 
-    def check(self, key, weight, *, name, optimizer):
+    def check(self, key, weight, *, names, optimizer):
         """Record what position ``key = (index, context)`` holds now; raise if it shifted.
 
         Parameters
@@ -53,8 +53,8 @@ class PositionHistory:
             ``(index, context)`` of the parameter.
         weight : mxnet.nd.NDArray
             The array the position holds in this update.
-        name : str or None
-            The name the position is known by (``idx2name``), or None.
+        names : dict
+            Position -> parameter name, as far as known (the masked optimizer's map).
         optimizer : mxnet.optimizer.Optimizer or None
             The optimizer being called, to find the Module/Trainer that holds it (first sight
             only); None skips that check.
@@ -63,7 +63,7 @@ class PositionHistory:
         mine = self._held.setdefault(key, set())
         if now in mine:
             return
-        self._names[key[0]] = name
+        name = names.get(key[0])
         if not mine:
             if optimizer is not None and name is not None:
                 # Once per position, not per step: imported here because validate reads the
@@ -71,23 +71,24 @@ class PositionHistory:
                 from .validate import known_params
                 expected = known_params(optimizer).get(name)
                 if expected is not None and tuple(expected[0]) != now[0]:
-                    raise self._shifted(key, now, 'parameter %r has shape %s'
-                                        % (name, tuple(expected[0])))
+                    raise _shifted(key, now, names, 'parameter %r has shape %s'
+                                   % (name, tuple(expected[0])))
         else:
             owner = next((k for k, held in self._held.items() if k != key and k[1] == key[1]
                           and now in held), None)
             if owner is not None:
-                raise self._shifted(key, now, 'position %r (%r) held that shape'
-                                    % (owner[0], self._names.get(owner[0])))
+                raise _shifted(key, now, names, 'position %r (%r) held that shape'
+                               % (owner[0], names.get(owner[0])))
         mine.add(now)
 
-    def _shifted(self, key, now, why):
-        return ValueError(
-            'parameter position %r (named %r) holds an array of shape %s, but %s. The '
-            'optimizer is shared by modules whose parameter lists differ (a BucketingModule '
-            'whose buckets have different parameters): MXNet keys masks and optimizer states '
-            "by position, so parameters would get each other's masks and states. Give every "
-            'bucket the same parameter list.' % (key[0], self._names.get(key[0]), now[0], why))
+
+def _shifted(key, now, names, why):
+    return ValueError(
+        'parameter position %r (named %r) holds an array of shape %s, but %s. The '
+        'optimizer is shared by modules whose parameter lists differ (a BucketingModule '
+        'whose buckets have different parameters): MXNet keys masks and optimizer states '
+        "by position, so parameters would get each other's masks and states. Give every "
+        'bucket the same parameter list.' % (key[0], names.get(key[0]), now[0], why))
 
 
 def stale_plan_error(name, plan_shape, weight_shape):
