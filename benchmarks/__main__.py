@@ -12,6 +12,7 @@ import sys
 import time
 
 from . import scale, state, step, throughput
+from .harness import pin_array_placement
 
 PARTS = ('step', 'throughput', 'state', 'scale')
 
@@ -100,6 +101,7 @@ def main(argv=None):
     parser.add_argument('--only', nargs='+', choices=PARTS, default=list(PARTS))
     parser.add_argument('--out', help='also write the markdown report to this file')
     args = parser.parse_args(argv)
+    pin_array_placement()   # before anything is allocated: see its docstring
     os.environ.setdefault('OMP_NUM_THREADS', '1')   # for the subprocesses; see docs
 
     def log(message):

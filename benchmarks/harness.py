@@ -6,6 +6,7 @@ script times its methods *side by side in one process*, in interleaved rounds (A
 cannot be separated inside one process, so it is measured in a fresh subprocess per
 configuration (:func:`peak_rss_of`).
 """
+import ctypes
 import json
 import os
 import resource
@@ -15,6 +16,48 @@ import sys
 import time
 
 import mxnet as mx
+
+# glibc's M_MMAP_THRESHOLD (malloc.h) and the value pin_array_placement() gives it: its default.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def pin_array_placement():
+    r"""Give every large array the same offset within its 4 KiB memory page (glibc only).
+
+    MXNet allocates a CPU array with ``posix_memalign(64)``. glibc serves a request above its
+    *mmap threshold* with a fresh mapping, which always puts the array 64 bytes into a page;
+    below it, from the heap, at whatever offset the heap has reached. The threshold is not
+    fixed: each large block freed raises it (up to 32 MiB on 64-bit), so after the first
+    builds a (100k, 64) float32 table (25.6 MB) comes from the heap at an arbitrary offset. The
+    offsets matter: ``python -m benchmarks.placement`` times ``adam_update`` on arrays whose
+    offsets agree and on arrays whose offsets differ, side by side. Which build of a method
+    got which offsets changed from run to run, so the builds of one method ran 20-35% apart.
+
+    Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``, which also stops its growth) maps
+    every array above 128 KiB afresh, so all of them share one offset and every method runs
+    under the same condition. The environment variable ``MALLOC_MMAP_THRESHOLD_`` is set too,
+    for the benchmark's subprocesses. Returns False where there is no glibc ``mallopt``.
+
+    Examples
+    --------
+    In a process of its own (it changes how the whole process allocates):
+
+    >>> import os, subprocess, sys
+    >>> import benchmarks.harness as harness
+    >>> code = ('import os, benchmarks.harness as h; '
+    ...         'print(h.pin_array_placement(), os.environ["MALLOC_MMAP_THRESHOLD_"])')
+    >>> root = os.path.dirname(os.path.dirname(os.path.abspath(harness.__file__)))
+    >>> subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
+    ...                text=True).stdout
+    'True 131072\n'
+    """
+    os.environ['MALLOC_MMAP_THRESHOLD_'] = str(MMAP_THRESHOLD)   # read by glibc at start-up
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def time_chunk(step, n):

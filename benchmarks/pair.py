@@ -20,7 +20,7 @@ about +-20% of placement alone.
 import argparse
 import statistics
 
-from .harness import interleaved
+from .harness import interleaved, pin_array_placement
 from .training import METHODS, OPTIMIZERS, build
 
 
@@ -39,6 +39,7 @@ def main(argv=None):
                         help='each method on arrays of its own (by default methods of one '
                         'model family share their weight arrays, as in benchmarks.throughput)')
     args = parser.parse_args(argv)
+    pin_array_placement()   # before anything is allocated: see its docstring
     if args.builds < 1:
         parser.error('--builds: expected at least 1, received %d' % args.builds)
     steps = {}   # (method, build) -> step

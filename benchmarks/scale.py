@@ -16,7 +16,15 @@ import mxnet as mx
 
 import masked_opt as mo
 
-from .harness import gib, interleaved, peak_rss_bytes, profile_ops, reset_peak_rss, table
+from .harness import (
+    gib,
+    interleaved,
+    peak_rss_bytes,
+    pin_array_placement,
+    profile_ops,
+    reset_peak_rss,
+    table,
+)
 from .models import DATA_NAMES, LABEL_NAMES, batches, forum_mf
 from .training import OPTIMIZERS, n_old
 
@@ -127,6 +135,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='tiny sizes, seconds')
     args = parser.parse_args(argv)
+    pin_array_placement()   # before anything is allocated: see its docstring
     print(run(quick=args.quick)['markdown'])
 
 

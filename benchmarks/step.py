@@ -15,7 +15,7 @@ import numpy as np
 
 import masked_opt as mo
 
-from .harness import interleaved, table
+from .harness import interleaved, pin_array_placement, table
 from .training import OPTIMIZERS, n_old, n_train_cols
 
 NAME = 'table_weight'
@@ -99,6 +99,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--quick', action='store_true', help='tiny sizes, seconds')
     args = parser.parse_args(argv)
+    pin_array_placement()   # before anything is allocated: see its docstring
     print(run(quick=args.quick))
 
 

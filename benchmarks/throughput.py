@@ -16,7 +16,15 @@ import argparse
 import json
 import sys
 
-from .harness import gib, interleaved, peak_rss_bytes, peak_rss_of, table, time_chunk
+from .harness import (
+    gib,
+    interleaved,
+    peak_rss_bytes,
+    peak_rss_of,
+    pin_array_placement,
+    table,
+    time_chunk,
+)
 from .models import ONE_HOT_MAX_ELEMENTS, one_hot_bytes
 from .training import METHODS, OPTIMIZERS, build
 
@@ -176,6 +184,7 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true', help='tiny sizes, seconds')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    pin_array_placement()   # before anything is allocated: see its docstring
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return

@@ -33,7 +33,7 @@ def test_quick_run_prints_every_table_and_the_targets(tmp_path):
     assert report.read_text().strip() == text.strip()
 
 
-@pytest.mark.parametrize('name', ['models', 'harness', 'training', 'state', 'step'])
+@pytest.mark.parametrize('name', ['models', 'harness', 'training', 'state', 'step', 'placement'])
 def test_docstring_examples_run(name, monkeypatch):
     monkeypatch.syspath_prepend(ROOT)   # benchmarks/ is run from the repository, not installed
     module = __import__('benchmarks.' + name, fromlist=[name])
