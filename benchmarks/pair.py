@@ -15,12 +15,17 @@ compare code versions on the same ratio, e.g. whether a change made ``rows`` slo
 interleaved; a method's time is the median over its builds' medians. One build's speed depends
 on where its arrays land in memory: three builds of the same unmasked Adam step (100k x 64)
 ran at 34.5, 41.2 and 33.3 ms per step side by side, so a ratio between single builds carries
-about +-20% of placement alone.
+about +-20% of placement alone. That was before the benchmarks pinned where arrays sit in their
+pages (:func:`benchmarks.harness.pin_array_placement`); since, builds of one method agree
+within a few percent, and ``--builds`` checks that they do.
+
+``--profile STEPS`` then prints, per method, the operators that took the most time (MXNet's
+profiler over STEPS more steps): where a ratio comes from.
 """
 import argparse
 import statistics
 
-from .harness import interleaved, pin_array_placement
+from .harness import interleaved, pin_array_placement, profile_ops
 from .training import METHODS, OPTIMIZERS, build
 
 
@@ -35,6 +40,9 @@ def main(argv=None):
     parser.add_argument('--builds', type=int, default=1,
                         help='builds of each method, each on arrays of its own (implies '
                         '--separate when > 1); a method is timed as the median over its builds')
+    parser.add_argument('--profile', type=int, default=0, metavar='STEPS',
+                        help="after timing, run STEPS more steps of each method's first build "
+                        "under MXNet's profiler and print where its step's time goes")
     parser.add_argument('--separate', action='store_true',
                         help='each method on arrays of its own (by default methods of one '
                         'model family share their weight arrays, as in benchmarks.throughput)')
@@ -62,6 +70,11 @@ def main(argv=None):
         print('  ms/step per build: %s' % '; '.join(
             '%s %s' % (m, ' '.join('%.2f' % (1000 * res[(m, k)]['median'])
                                    for k in range(args.builds))) for m in args.methods))
+    if args.profile > 0:
+        for m in args.methods:
+            ops = profile_ops(steps[(m, 0)], args.profile, top=6)
+            print('  %s, ms/step by operator: %s' % (m, '; '.join(
+                '%s %.2f' % (name, ms / args.profile) for name, _, ms in ops)))
 
 
 if __name__ == '__main__':

@@ -41,16 +41,21 @@ def test_docstring_examples_run(name, monkeypatch):
     assert attempted > 0 and failed == 0
 
 
-def test_pair_with_several_builds_prints_each_builds_time():
-    """``benchmarks.pair --builds 2``: every method built twice, the ratio over the median of
-    its builds, and each build's ms/step printed (the spread between builds of one method)."""
+def test_pair_with_several_builds_prints_each_builds_time_and_a_profile():
+    """``benchmarks.pair --builds 2 --profile 2``: every method built twice, the ratio over the
+    median of its builds, each build's ms/step printed (the spread between builds of one
+    method), and per method the operators its step spends its time in."""
     env = dict(os.environ, OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, '-m', 'benchmarks.pair', 'sgd', '200', '8', 'plain',
-                          'rows', '--builds', '2', '--rounds', '1', '--min-seconds', '0'],
+                          'rows', '--builds', '2', '--rounds', '1', '--min-seconds', '0',
+                          '--profile', '2'],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.strip()]
-    assert lines[-2].startswith('sgd 200 x 8: plain x1.000, rows x'), lines
-    times = lines[-1].split(':', 1)[1].split(';')
+    assert lines[-4].startswith('sgd 200 x 8: plain x1.000, rows x'), lines
+    times = lines[-3].split(':', 1)[1].split(';')
     assert [t.split()[0] for t in times] == ['plain', 'rows']
     assert all(len(t.split()) == 3 for t in times), times   # the name and two builds
+    assert lines[-2].startswith('  plain, ms/step by operator: ') and 'sgd_mom_update' in lines[-2]
+    # The masked method's book table updates a block cut with slice and written back.
+    assert lines[-1].startswith('  rows, ms/step by operator: ') and 'slice' in lines[-1], lines
