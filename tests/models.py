@@ -124,3 +124,10 @@ def gluon_steps(net, trainer, first, count, *, n_users, n_items, batch, n_rating
             loss = ((net(member[sl], book[sl]) - label[sl]) ** 2).sum()
         loss.backward()
         trainer.step(batch)
+
+
+def module_steps(mod, batches):
+    """Train a bound Module one step per batch, as ``Module.fit`` does."""
+    for batch in batches:
+        mod.forward_backward(batch)
+        mod.update()

@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, changed_bits, state_arrays
-from models import forum_block, forum_mf, gluon_steps, mf_iter, ratings
+from models import forum_block, forum_mf, gluon_steps, mf_iter, module_steps, ratings
 
 import masked_opt as mo
 
@@ -58,12 +58,6 @@ def _module(arg_params, masks, base, params, begin_num_update=0):
     return mod
 
 
-def _train(mod, batches):
-    for batch in batches:
-        mod.forward_backward(batch)
-        mod.update()
-
-
 def _index(mod, name):
     return [i for i, n in mod._optimizer.idx2name.items() if n == name][0]
 
@@ -95,7 +89,7 @@ def test_module_states_follow_their_rows_into_the_next_phase(base, params, rows_
     batches = _batches()
     member_mask = {MEMBER: mo.train_cols([1, 3])}
     first = _module(_init(), dict(member_mask, **_book_mask(rows_a)), base, params)
-    _train(first, batches[:3])
+    module_steps(first, batches[:3])
     first.save_optimizer_states(str(tmp_path / 'phase1.states'))
     weights = {k: v.copy() for k, v in first.get_params()[0].items()}
     saved = {i: _arrays_np(s) for i, s in first._updater.states.items()}
@@ -104,7 +98,7 @@ def test_module_states_follow_their_rows_into_the_next_phase(base, params, rows_
     lower = dict(params, learning_rate=params['learning_rate'] / 10)
     second = _module(weights, dict(member_mask, **_book_mask(rows_b)), base, lower, 3)
     second.load_optimizer_states(str(tmp_path / 'phase1.states'))
-    _train(second, batches[3:])
+    module_steps(second, batches[3:])
 
     # The oracle: the same phase 2, handed the expected states directly.
     oracle = _module(weights, dict(member_mask, **_book_mask(rows_b)), base, lower, 3)
@@ -117,7 +111,7 @@ def test_module_states_follow_their_rows_into_the_next_phase(base, params, rows_
         expected[i] = tuple(parts) if base == 'adam' else parts[0]
     oracle._updater.states = expected
     oracle._updater.states_synced = dict.fromkeys(expected, False)
-    _train(oracle, batches[3:])
+    module_steps(oracle, batches[3:])
 
     got, want = second.get_params()[0], oracle.get_params()[0]
     for name in want:
@@ -140,7 +134,7 @@ def _loaded_refusal(second, name):
     weights = {k: v.copy() for k, v in second.get_params()[0].items()}
     states = {i: [a.copy() for a in state_arrays(s)] for i, s in second._updater.states.items()}
     with pytest.raises(ValueError, match=name):
-        _train(second, _batches()[3:4])
+        module_steps(second, _batches()[3:4])
     for name, value in second.get_params()[0].items():
         assert_same_bits(weights[name], value, '%s after the refused update' % name)
     for i, arrays in states.items():
@@ -151,7 +145,7 @@ def _loaded_refusal(second, name):
 def test_module_refuses_states_of_another_optimizer_before_writing(tmp_path):
     first = _module(_init(), {BOOK: mo.train_rows_from(8)}, 'sgd',
                     {'learning_rate': 0.1, 'momentum': 0.9})
-    _train(first, _batches()[:2])
+    module_steps(first, _batches()[:2])
     first.save_optimizer_states(str(tmp_path / 'sgd.states'))
     second = _module(first.get_params()[0], {BOOK: mo.train_rows_from(6)}, 'adam',
                      {'learning_rate': 0.01})
@@ -163,7 +157,7 @@ def test_module_refuses_block_states_without_layout_of_another_shape(tmp_path):
     """A state file written without layouts (by MXNet's own Updater, or an older masked_opt):
     a block of another shape than the current mask's is refused, not half-applied."""
     first = _module(_init(), {BOOK: mo.train_rows_from(8)}, 'adam', {'learning_rate': 0.01})
-    _train(first, _batches()[:2])
+    module_steps(first, _batches()[:2])
     plain = {i: s for i, s in first._updater.states.items()}
     with open(tmp_path / 'old.states', 'wb') as f:
         f.write(pickle.dumps(plain))
@@ -176,7 +170,7 @@ def test_module_refuses_block_states_without_layout_of_another_shape(tmp_path):
 def test_module_state_file_still_loads_without_masked_opt_updater(tmp_path):
     """The layouts are plain Python data under one extra key: MXNet's Updater ignores it."""
     first = _module(_init(), {BOOK: mo.train_rows_from(8)}, 'adam', {'learning_rate': 0.01})
-    _train(first, _batches()[:2])
+    module_steps(first, _batches()[:2])
     first.save_optimizer_states(str(tmp_path / 'p1.states'))
     with open(tmp_path / 'p1.states', 'rb') as f:
         data = f.read()

@@ -22,7 +22,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import as_bits, assert_same_bits
-from models import GluonMF, forum_mf, mf_iter, ratings
+from models import GluonMF, forum_mf, mf_iter, module_steps, ratings
 from mxnet import autograd, gluon
 
 import masked_opt as mo
@@ -276,12 +276,6 @@ def _module(it):
     return mod
 
 
-def _module_steps(mod, batches):
-    for batch in batches:
-        mod.forward_backward(batch)
-        mod.update()
-
-
 @pytest.mark.parametrize('base,params', MODULE_SETTINGS)
 def test_module_checkpoint_with_optimizer_states_resumes_bit_for_bit(base, params, tmp_path):
     member, book, label = ratings(N_USERS, N_ITEMS, 128, seed=6)
@@ -295,12 +289,12 @@ def test_module_checkpoint_with_optimizer_states_resumes_bit_for_bit(base, param
     whole = _module(it)
     whole.init_params(arg_params=init)
     whole.init_optimizer(optimizer='masked', optimizer_params=opt_params)
-    _module_steps(whole, batches)
+    module_steps(whole, batches)
 
     first = _module(it)
     first.init_params(arg_params=init)
     first.init_optimizer(optimizer='masked', optimizer_params=opt_params)
-    _module_steps(first, batches[:4])
+    module_steps(first, batches[:4])
     prefix = str(tmp_path / 'mf')
     first.save_checkpoint(prefix, 4, save_optimizer_states=True)
 
@@ -311,7 +305,7 @@ def test_module_checkpoint_with_optimizer_states_resumes_bit_for_bit(base, param
     # update count (Adam's bias correction uses it; plain Adam needs the same).
     second.init_optimizer(optimizer='masked',
                           optimizer_params=dict(opt_params, begin_num_update=4))
-    _module_steps(second, batches[4:])
+    module_steps(second, batches[4:])
 
     got, expected = second.get_params()[0], whole.get_params()[0]
     for name in expected:
@@ -333,12 +327,12 @@ def test_module_save_and_load_optimizer_states(tmp_path):
     whole.init_params(mx.init.Uniform(0.5))
     init = {k: v.copy() for k, v in whole.get_params()[0].items()}
     whole.init_optimizer(optimizer='masked', optimizer_params=opt_params)
-    _module_steps(whole, batches)
+    module_steps(whole, batches)
 
     first = _module(it)
     first.init_params(arg_params=init)
     first.init_optimizer(optimizer='masked', optimizer_params=opt_params)
-    _module_steps(first, batches[:3])
+    module_steps(first, batches[:3])
     first.save_optimizer_states(str(tmp_path / 'opt.states'))
     params = {k: v.copy() for k, v in first.get_params()[0].items()}
 
@@ -346,6 +340,6 @@ def test_module_save_and_load_optimizer_states(tmp_path):
     second.init_params(arg_params=params)
     second.init_optimizer(optimizer='masked', optimizer_params=opt_params)
     second.load_optimizer_states(str(tmp_path / 'opt.states'))
-    _module_steps(second, batches[3:])
+    module_steps(second, batches[3:])
     for name, value in whole.get_params()[0].items():
         assert_same_bits(value, second.get_params()[0][name], name)

@@ -13,7 +13,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, changed_bits, state_arrays
-from models import forum_block, forum_mf, gluon_steps, mf_iter, ratings
+from models import forum_block, forum_mf, gluon_steps, mf_iter, module_steps, ratings
 
 import masked_opt as mo
 
@@ -128,12 +128,6 @@ def _module(it, arg_params):
     return mod
 
 
-def _module_steps(mod, batches):
-    for batch in batches:
-        mod.forward_backward(batch)
-        mod.update()
-
-
 @pytest.mark.parametrize('base,params', SETTINGS)
 def test_module_load_optimizer_states_of_unmasked_run(base, params, tmp_path):
     it = mf_iter(*ratings(N_USERS, N_ITEMS, 64, seed=6), batch_size=BATCH)
@@ -143,7 +137,7 @@ def test_module_load_optimizer_states_of_unmasked_run(base, params, tmp_path):
             'book_embedding_weight': mx.nd.array(rng.uniform(-.5, .5, (N_ITEMS, DIM)))}
     pre = _module(it, init)
     pre.init_optimizer(optimizer=base, optimizer_params=params)
-    _module_steps(pre, batches[:3])
+    module_steps(pre, batches[:3])
     pre.save_optimizer_states(str(tmp_path / 'pre.states'))
     weights = {k: v.copy() for k, v in pre.get_params()[0].items()}
 
@@ -152,7 +146,7 @@ def test_module_load_optimizer_states_of_unmasked_run(base, params, tmp_path):
                           optimizer_params=dict(params, base=base, masks=_masks(),
                                                 begin_num_update=3))
     masked.load_optimizer_states(str(tmp_path / 'pre.states'))
-    _module_steps(masked, batches[3:])
+    module_steps(masked, batches[3:])
     got = masked.get_params()[0][BOOK]
     assert_same_bits(weights[BOOK][:N_OLD], got[:N_OLD], 'frozen book rows')
     assert changed_bits(weights[BOOK][N_OLD:], got[N_OLD:]) > 0
@@ -166,6 +160,6 @@ def test_module_load_optimizer_states_of_unmasked_run(base, params, tmp_path):
                                                 begin_num_update=3))
     oracle._updater.states = {i: s for i, s in states.items() if not isinstance(i, str)}
     oracle._updater.states_synced = dict.fromkeys(oracle._updater.states, False)
-    _module_steps(oracle, batches[3:])
+    module_steps(oracle, batches[3:])
     for name, value in oracle.get_params()[0].items():
         assert_same_bits(value, masked.get_params()[0][name], name)
