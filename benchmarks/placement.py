@@ -4,8 +4,9 @@
 
 Times ``adam_update`` (weight, gradient, mean, variance, all ``(ROWS, DIM)`` float32) side by
 side in interleaved rounds, once with the four arrays at the same offset within a 4 KiB page
-and once at the offsets that heap allocations gave one build of plain Adam in
-:mod:`benchmarks.pair` (weight 0x980, gradient 0xc0, states 0x40), and prints the ratio.
+and once at offsets the heap gave such arrays in a process without the pin (one of six
+builds of these four arrays landed at weight 0x980, gradient 0xc0, states 0x40; that build
+alone ran slow), and prints the ratio.
 Nothing of masked_opt runs here: it is the reason the dense benchmarks pin the placement of
 every array (:func:`benchmarks.harness.pin_array_placement`) before they build anything.
 
@@ -81,13 +82,12 @@ def run(rows=100_000, dim=64, rounds=7, min_seconds=1.0, log=None):
     'heap offsets seen (0x980, 0xc0, 0x40, 0x40)'
     """
     shape = (rows, dim)
-    steps, keep = {}, []
+    steps = {}
     for name, offsets in LAYOUTS.items():
         pool = mx.nd.zeros(len(offsets) * (rows * dim + PAGE))
         weight, grad, mean, var = arrays_at(offsets, shape, pool)
         weight[:] = mx.nd.random.uniform(-0.1, 0.1, shape=shape)
         grad[:] = mx.nd.random.uniform(-1e-3, 1e-3, shape=shape)
-        keep.append(pool)
 
         def step(w=weight, g=grad, m=mean, v=var):
             mx.nd.adam_update(w, g, m, v, lr=1e-3, out=w)
