@@ -175,6 +175,10 @@ def _bad_file(tmp_path, kind):
         lines = lines[:5]
     elif kind == 'all_old':
         lines = ['%d\t%d\t3\t%d' % (k % 5, k % 4, k) for k in range(60)]
+    elif kind == 'long_id':
+        lines[6] = '12345678901234567890\t7\t4\t881250949'       # a 20-digit hashed id
+    elif kind == 'huge_rating':
+        lines[2] = '3\t7\t1e308\t881250949'
     return write(tmp_path, '\n'.join(lines) + '\n')
 
 
@@ -182,6 +186,8 @@ def _bad_file(tmp_path, kind):
     (['--data', '{tmp}/missing.data'], 'cannot read ratings file .*missing.data'),
     (['--data', 'malformed'], r'u.data:5: expected a finite number as rating'),
     (['--data', 'short'], 'holds 5 ratings; expected at least 20'),
+    (['--data', 'long_id'], r'u.data:7: user id 12345678901234567890 does not fit a 64-bit'),
+    (['--data', 'huge_rating', '--new-items', '0.2'], r'u.data:3: rating 1e308 is outside'),
     (['--data', 'all_old', '--cutoff', '0.9'], 'cutoff 0.9 leaves no new users and no new items'),
     (['--data', 'malformed', '--cutoff', '1.5'], 'u.data:5'),  # file errors come first
     (['--cutoff', '1.5', '--data', 'all_old'], 'strictly between 0 and 1'),
@@ -211,7 +217,7 @@ def _bad_file(tmp_path, kind):
 def test_bad_input_one_line_exit_2(capsys, tmp_path, args, message):
     fixed = []
     for a in args:
-        if a in ('malformed', 'short', 'all_old'):
+        if a in ('malformed', 'short', 'all_old', 'long_id', 'huge_rating'):
             a = _bad_file(tmp_path, a)
         fixed.append(a.replace('{tmp}', str(tmp_path)))
     if any('plot' in a for a in args):
