@@ -201,6 +201,16 @@ def _bad_file(tmp_path, kind):
     (['--epochs', 'ten'], "--epochs: expected a positive int, received 'ten'"),
     (['--seeds', '0'], "--seeds: expected a positive int, received '0'"),
     (['--learning-rate', 'nan'], 'expected a positive float'),
+    (['--learning-rate', 'inf'], "--learning-rate: expected a positive float, received 'inf'"),
+    (['--retrain-learning-rate=-inf'], "expected a positive float, received '-inf'"),
+    # Finite but diverging: a one-line error naming the phase (a traceback from the report or
+    # from growing NaN rows before).
+    (['--learning-rate', '1e30'], r'2/3 new rows \(masked\): training diverged \(NaN or Inf .* '
+     r'learning rate 1e\+30\); lower that phase\'s learning rate \(--learning-rate for the '
+     r'masked phase'),
+    (['--retrain-learning-rate', '1e30'], r'1/3 old model, wd 0: training diverged'),
+    (['--mode', 'latent-split', '--learning-rate', '1e30'], r'2/3 last dim \(masked\): training '
+     r'diverged'),
     (['--seed', '-1'], 'expected a non-negative integer'),
     (['--mode', 'bogus'], "invalid choice: 'bogus'"),
     (['--init', 'copy'], "invalid choice: 'copy'"),
@@ -228,6 +238,15 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, args, message):
     assert out == ''
     assert err.count('\n') == 1 and err.startswith('masked-opt: error: '), err
     assert re.search(message, err), err
+
+
+def test_boundaries_that_are_valid_input(capsys):
+    # --seed 0 is a seed (not "missing"); --per-user equal to --items: every user rates every
+    # item, the most the synthetic data allows.
+    code, r = run_json(capsys, *TINY, '--seed', '0', '--seeds', '1', '--per-user', '40',
+                       '--epochs', '1', '--new-epochs', '1')
+    assert code == 0 and r['seeds'] == [0]
+    assert r['data']['old_train'] + r['data']['old_test'] == 60 * 40
 
 
 def test_help_is_plain_text(capsys):
