@@ -1,10 +1,10 @@
-"""Build step only: compile the optional native MXNet operators (masked_opt/_native/ops.cc).
+"""Build step only: compile the optional native MXNet operators (masked_opt/_native/*.cc).
 
 All metadata lives in pyproject.toml. This file adds one extension, built by running the C++
 compiler directly (``$CXX``, default ``g++``) against the headers of the mxnet wheel in the
 build environment (``[build-system] requires`` has ``mxnet==1.9.1``):
 
-    $CXX -std=c++11 -shared -fPIC -O2 -Wl,-Bsymbolic -I <mxnet>/include ops.cc <mxnet>/src/lib_api.cc
+    $CXX -std=c++11 -shared -fPIC -O2 -Wl,-Bsymbolic -I <mxnet>/include ops.cc lookup.cc <mxnet>/src/lib_api.cc
          -o masked_opt/_native/libmasked_opt_ops.so
 
 If there is no compiler, no mxnet headers, or the compilation fails, the install still
@@ -30,7 +30,9 @@ except ImportError:  # pragma: no cover - depends on the build environment
         bdist_wheel = None
 
 LIB_NAME = 'masked_opt._native.libmasked_opt_ops'
-SOURCE = os.path.join('masked_opt', '_native', 'ops.cc')
+# One library from every source: ops.cc (the masked update's block ops), lookup.cc (the
+# O(batch) embedding lookup).
+SOURCES = [os.path.join('masked_opt', '_native', name) for name in ('ops.cc', 'lookup.cc')]
 
 
 def _mxnet_root():
@@ -113,5 +115,5 @@ if bdist_wheel is not None:
     cmdclass['bdist_wheel'] = BdistWheel
 
 # optional: an in-place (editable) build copies the library into the tree only if it was built
-setup(ext_modules=[Extension(LIB_NAME, sources=[SOURCE], language='c++', optional=True)],
+setup(ext_modules=[Extension(LIB_NAME, sources=SOURCES, language='c++', optional=True)],
       cmdclass=cmdclass)

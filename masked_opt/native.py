@@ -42,10 +42,11 @@ __all__ = ['ABI', 'LIB_NAME', 'Status', 'available', 'status', 'notify_fallback'
            'rsp_block', 'rsp_block_gather', 'scatter_rows']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
-ABI = 3
+ABI = 4
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
-OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows')
+OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows',
+       'masked_opt_lookup')
 
 REBUILD = ('install a C++ compiler (g++) and reinstall masked_opt from its source with '
            '`pip install --force-reinstall --no-deps .`')
