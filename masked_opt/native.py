@@ -1,7 +1,7 @@
 """Optional native operators for the sparse path: find, check and load them, once.
 
-``pip install .`` compiles ``masked_opt/_native/ops.cc`` into ``libmasked_opt_ops.so`` when a
-C++ compiler is there (see setup.py). The library adds three MXNet CPU operators, run on
+``pip install .`` compiles ``masked_opt/_native/*.cc`` into ``libmasked_opt_ops.so`` when a
+C++ compiler is there (see setup.py). The library adds four MXNet CPU operators, run on
 MXNet's engine like any other, so a row_sparse gradient's row ids are never read on the host:
 
 * ``mx.nd.masked_opt_rsp_block(grad, lo=, hi=, c0=, c1=)``: rows ``[lo, hi)`` (ids shifted by
@@ -9,7 +9,9 @@ MXNet's engine like any other, so a row_sparse gradient's row ids are never read
 * ``mx.nd.masked_opt_rsp_block_gather(grad, weight, scratch, lo=, hi=, c0=, c1=)``: the same,
   and the weight's block at those rows copied into ``scratch`` (in place), in one operation;
 * ``mx.nd.masked_opt_scatter_rows(weight, block, gblock, c0=, out=weight)``: writes
-  ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place.
+  ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place;
+* ``mx.nd.masked_opt_lookup(ids, weight, input_dim=, output_dim=)``: MXNet's ``Embedding`` with
+  an O(batch) row_sparse backward (``_native/lookup.cc``; see :mod:`masked_opt.convert`).
 
 The library is looked for in this order: ``$MASKED_OPT_NATIVE_LIB`` (an explicit path, the only
 one tried when set), next to this module (``masked_opt/_native/``, a checkout or editable
