@@ -282,12 +282,22 @@ MXReturnValue lookup_stype(const Attrs&, std::vector<int>* in, std::vector<int>*
 
 // ------------------------------------------------------------------------ forward
 template <typename T>
+int64_t clipped_row(T id, int64_t V) {
+  int64_t j = Ids<T>::row(id);
+  if (j <= 0) j = 0;
+  else if (j >= V) j = V - 1;
+  return j;
+}
+
+// Rows of a 10M-row table are cache and TLB misses: ask for the row kPrefetch ids ahead while
+// copying this one, so the misses overlap instead of queueing (only loads; bits unchanged).
+const int64_t kPrefetch = 8;
+
+template <typename T>
 void take_dense(const T* ids, int64_t n, const char* w, int64_t V, size_t row_bytes, char* o) {
   for (int64_t i = 0; i < n; ++i) {
-    int64_t j = Ids<T>::row(ids[i]);
-    if (j <= 0) j = 0;
-    else if (j >= V) j = V - 1;
-    std::memcpy(o + i * row_bytes, w + j * row_bytes, row_bytes);
+    if (i + kPrefetch < n) __builtin_prefetch(w + clipped_row(ids[i + kPrefetch], V) * row_bytes);
+    std::memcpy(o + i * row_bytes, w + clipped_row(ids[i], V) * row_bytes, row_bytes);
   }
 }
 
