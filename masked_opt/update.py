@@ -168,6 +168,17 @@ class BlockPlan:
         self._cache[name] = (key, value)
         return value
 
+    def buffers(self):
+        """The block-shaped arrays kept with the plan by :meth:`buffer` (device memory the plan
+        holds besides its index arrays)."""
+        return [v for v in self._cache.values() if isinstance(v, nd.NDArray)]
+
+    def index_arrays(self):
+        """The device index arrays the plan keeps for gathers and scatters (none for a block of
+        contiguous rows and columns: slices)."""
+        return [a for a in (self._take_rows, self._scatter_index, self._group_ids,
+                            self._take_cols) if a is not None]
+
     # ---- layout ----
     def positions(self, ids):
         """Which of the sorted unique row ids ``ids`` train, and their block positions.
