@@ -182,14 +182,29 @@ class MaskedUpdater(mx_opt.Updater):
     # ---- saving ----
     def get_states(self, dump_optimizer=False):
         states = dict(self.states)
+        layouts = self.saved_layouts()
+        if layouts:
+            states[LAYOUTS_KEY] = layouts
+        return pickle.dumps((states, self.optimizer) if dump_optimizer else states)
+
+    def saved_layouts(self):
+        """The layout of each state, as :meth:`get_states` saves it next to the states.
+
+        Returns
+        -------
+        dict
+            ``{index: {'name': str, 'shape': tuple, 'rows': bytes or None, 'cols': bytes or
+            None}}`` for every index in ``states`` whose layout is known: ``rows`` and
+            ``cols`` are bitmaps (``numpy.packbits``) of the weight's rows and columns the
+            state covers, None for all of them. An index without an entry has no layout (a
+            state loaded from a file that did not record one).
+        """
         layouts = {}
         for index in self.states:
             layout = self._pending.get(index, self.layouts.get(index))
             if layout is not None:
                 layouts[index] = layout.to_plain()
-        if layouts:
-            states[LAYOUTS_KEY] = layouts
-        return pickle.dumps((states, self.optimizer) if dump_optimizer else states)
+        return layouts
 
     # ---- loading ----
     def set_states(self, states):
@@ -199,7 +214,29 @@ class MaskedUpdater(mx_opt.Updater):
             loaded, file_opt = loaded
         loaded = dict(loaded)
         plain = loaded.pop(LAYOUTS_KEY, None) or {}
-        layouts = {i: _Layout.from_plain(p) for i, p in plain.items() if i in loaded}
+        self.restore(loaded, plain, file_opt)
+
+    def restore(self, states, layouts=None, optimizer=None):
+        """Load states that are already objects: what :meth:`set_states` does after unpickling.
+
+        Parameters
+        ----------
+        states : dict
+            ``{index: state}``, states as the wrapped optimizer makes them (NDArrays, tuples,
+            None).
+        layouts : dict, optional
+            ``{index: layout}`` in the form :meth:`saved_layouts` returns; an index without
+            one is matched by its shapes alone.
+        optimizer : mxnet.optimizer.Optimizer, optional
+            The optimizer saved with the states. On a masked updater it becomes the wrapped
+            optimizer and the live masks stay; None keeps the optimizer as it is.
+
+        States are matched to the current masks where the weights are known (Gluon), at the
+        first update otherwise (Module); a state that cannot be matched raises ``ValueError``
+        before anything is changed.
+        """
+        loaded, file_opt = dict(states), optimizer
+        layouts = {i: _Layout.from_plain(p) for i, p in (layouts or {}).items() if i in loaded}
         opt = self._masked()
         if opt is None:   # not ours any more: MXNet's semantics
             self.states, self.optimizer = loaded, (file_opt or self.optimizer)
