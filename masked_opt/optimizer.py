@@ -361,22 +361,22 @@ class Masked(mx_opt.Optimizer):
                 inner(index, step.weight, step.grad, step.state)
             step.finish()
             return
-        # A whole step at once (see _WHOLE_STEP). Resolve every mask and choose every step
-        # strategy first, so that a bad mask (or a path that cannot run) raises before any
-        # weight is written. Then make the very calls the wrapped optimizer
-        # would get from MXNet's Updater alone — same order, same multi-tensor groups of its
-        # aggregate_num (or one by one) — with each masked parameter's block standing in for
+        # A whole step at once (see _WHOLE_STEP; MaskedUpdater hands over every dtype in one
+        # call). Resolve every mask and choose every step strategy first, so that a bad mask
+        # (or a path that cannot run) raises before any weight is written. Then make the very
+        # calls the wrapped optimizer would get from MXNet's Updater alone (updater_calls: same
+        # order, same multi-tensor groups) with each masked parameter's block standing in for
         # the parameter. Order and grouping matter: LBSGD reads the lr before counting the
-        # update, LARS corrects momentum per call, SGLD draws noise in call order.
+        # update, LARS corrects momentum per call, SGLD draws noise in call order, Nadam's
+        # momentum schedule moves at every call.
         plans = [self._plan(i, w) for i, w in zip(index, weight, strict=True)]
         for k, plan in enumerate(plans):
             if plan is not None:
                 self._check_state(plan, index[k], weight[k], state[k])
         chosen = [self._choose(plans[k], index[k], weight[k], grad[k], state[k], multi_precision)
                   for k in range(len(index))]
-        size = group if group > 0 else 1
-        for start in range(0, len(index), size):
-            steps = [prepare() for prepare in chosen[start:start + size]]
+        for call in updater_calls(weight, group):
+            steps = [chosen[k]() for k in call]
             if group > 0:
                 inner([st.index for st in steps], [st.weight for st in steps],
                       [st.grad for st in steps], [st.state for st in steps])
@@ -435,6 +435,31 @@ class Masked(mx_opt.Optimizer):
             # A server that cannot import masked_opt must stop, not train without an updater.
             return _server.reduce_for_servers(reduced)
         return reduced
+
+
+def updater_calls(weights, aggregate_num):
+    """The calls MXNet 1.9.1's ``Updater`` makes to an optimizer for one list of parameters.
+
+    Positions into ``weights``, one list per call. An optimizer that aggregates
+    (``aggregate_num > 0``) gets the parameters grouped by dtype, dtypes in order of first
+    appearance, in calls of at most ``aggregate_num``; any other gets them one at a time, in
+    order (``Updater.__call__`` in ``mxnet/optimizer/optimizer.py``).
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> from masked_opt.optimizer import updater_calls
+    >>> ws = [mx.nd.zeros(1), mx.nd.zeros(1, dtype='float16'), mx.nd.zeros(1)]
+    >>> updater_calls(ws, 0), updater_calls(ws, 4), updater_calls(ws, 1)
+    ([[0], [1], [2]], [[0, 2], [1]], [[0], [2], [1]])
+    """
+    if aggregate_num <= 0:
+        return [[k] for k in range(len(weights))]
+    by_dtype = {}
+    for k, w in enumerate(weights):
+        by_dtype.setdefault(w.dtype, []).append(k)
+    return [ks[start:start + aggregate_num] for ks in by_dtype.values()
+            for start in range(0, len(ks), aggregate_num)]
 
 
 # Settings that Module, Trainer and the LR schedule set on "the optimizer" reach the wrapped one.
