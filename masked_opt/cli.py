@@ -33,19 +33,13 @@ import os
 import sys
 
 from . import grow as _grow
-from .data import (
-    DEFAULT_CUTOFF,
-    DataError,
-    holdout_split,
-    load_ratings,
-    random_split,
-    synthetic_split,
-    time_split,
-)
 from .demo import run_seeds
+from .demo.data import DEFAULT_CUTOFF, DataError
+from .demo.files import holdout_split, load_ratings, random_split, time_split
 from .demo.plot import PlotError
 from .demo.report import format_report
 from .demo.run import DemoError
+from .demo.synthetic import synthetic_split
 
 __all__ = ['main']
 

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import masked_opt.demo as demo
-from masked_opt.data import synthetic_split
 from masked_opt.demo.progress import Progress
+from masked_opt.demo.synthetic import synthetic_split
 
 SETTINGS = dict(epochs=2, new_epochs=3, batch_size=32)
 

@@ -14,7 +14,9 @@ and judge the result against
 with ``wd`` and epochs chosen on validation ratings carved from the training ratings (the
 test ratings are used once, at the end), over several seeds (mean +- sd).
 
-Modules: :mod:`~masked_opt.demo.model` (the model, one ``Module.fit``),
+Modules: :mod:`~masked_opt.demo.data` (ratings and splits), :mod:`~masked_opt.demo.synthetic`
+and :mod:`~masked_opt.demo.files` (where ratings come from), :mod:`~masked_opt.demo.model`
+(the model, one ``Module.fit``),
 :mod:`~masked_opt.demo.reference` (ceiling and floors, numpy), :mod:`~masked_opt.demo.run`
 (the protocol), :mod:`~masked_opt.demo.report` (summary over seeds, text),
 :mod:`~masked_opt.demo.plot` (``--plot``), :mod:`~masked_opt.demo.readme` (the README block).
@@ -35,7 +37,7 @@ def run_seeds(make_split, seeds=(0, 1, 2), *, mode='grow', progress=False, **set
     Parameters
     ----------
     make_split : callable
-        ``make_split(seed)`` returns the :class:`~masked_opt.data.Split` of that seed.
+        ``make_split(seed)`` returns the :class:`~masked_opt.demo.data.Split` of that seed.
     seeds : sequence of int
         One run each.
     mode, settings
@@ -51,7 +53,7 @@ def run_seeds(make_split, seeds=(0, 1, 2), *, mode='grow', progress=False, **set
 
     Examples
     --------
-    >>> from masked_opt.data import synthetic_split
+    >>> from masked_opt.demo.synthetic import synthetic_split
     >>> from masked_opt.demo import run_seeds
     >>> r = run_seeds(lambda s: synthetic_split(30, 20, 5, 4, per_user=5, seed=s), seeds=[0, 1],
     ...               epochs=1, new_epochs=1)

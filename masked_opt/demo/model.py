@@ -49,7 +49,7 @@ def rmse(params, ratings):
     --------
     >>> import numpy as np
     >>> from masked_opt.demo.model import rmse
-    >>> from masked_opt.data import Ratings
+    >>> from masked_opt.demo.data import Ratings
     >>> p = {'member_embedding_weight': np.ones((2, 1)), 'book_embedding_weight': np.ones((1, 1))}
     >>> rmse(p, Ratings(np.array([0, 1]), np.array([0, 0]), np.array([0.0, 1.0])))
     0.7071067811865476

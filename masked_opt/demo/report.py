@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..data import PAIR_TYPES
+from .data import PAIR_TYPES
 
 __all__ = ['summarize', 'format_report', 'native_line', 'MODEL_LABELS']
 
@@ -108,7 +108,7 @@ def format_report(report):
     Examples
     --------
     >>> from masked_opt.demo import format_report, run_seeds
-    >>> from masked_opt.data import synthetic_split
+    >>> from masked_opt.demo.synthetic import synthetic_split
     >>> r = run_seeds(lambda seed: synthetic_split(30, 20, 5, 4, per_user=5, seed=seed),
     ...               seeds=[0], epochs=1, new_epochs=1)
     >>> print(format_report(r)[5])

@@ -3,7 +3,7 @@
 ``grow`` (vocabulary growth), for one seed:
 
 1. carve validation shares out of the old and the new training ratings
-   (:func:`~masked_opt.data.validation_split`); the test ratings are used once, at the end;
+   (:func:`~masked_opt.demo.data.validation_split`); the test ratings are used once, at the end;
 2. the old model: ``Module.fit`` on the old training ratings, ``wd`` from :data:`RETRAIN_WDS`
    and the epoch chosen on the old validation ratings;
 3. grow both tables (:func:`~masked_opt.grow_params`) and compute the **ceiling** on the new
@@ -27,9 +27,9 @@ import mxnet as mx
 import numpy as np
 
 from .. import grow as _grow
-from ..data import PAIR_TYPES, Ratings, pair_types, validation_split
 from ..masks import train_cols
 from . import reference as ref
+from .data import PAIR_TYPES, Ratings, pair_types, validation_split
 from .model import BOOK, MEMBER, fit, rmse
 from .progress import Progress
 
@@ -140,7 +140,7 @@ def planned_batches(split, *, mode='grow', seed=0, **settings):
     Examples
     --------
     >>> from masked_opt.demo.run import planned_batches
-    >>> from masked_opt.data import synthetic_split
+    >>> from masked_opt.demo.synthetic import synthetic_split
     >>> planned_batches(synthetic_split(40, 30, 8, 6, per_user=8), epochs=2, new_epochs=3)
     33
     """
@@ -159,7 +159,7 @@ def planned_batches(split, *, mode='grow', seed=0, **settings):
 
 
 def run_demo(split, *, mode='grow', seed=0, progress=False, **settings):
-    """Run the demo once on a :class:`~masked_opt.data.Split`; return the report as a dict.
+    """Run the demo once on a :class:`~masked_opt.demo.data.Split`; return the report as a dict.
 
     ``settings`` are those of :data:`DEMO_DEFAULTS`. ``new_epochs`` (the masked phase)
     defaults to 240 with the learning rate halved every 40 epochs for ``'grow'``, and to 60
@@ -169,7 +169,7 @@ def run_demo(split, *, mode='grow', seed=0, progress=False, **settings):
     Examples
     --------
     >>> from masked_opt.demo.run import run_demo
-    >>> from masked_opt.data import synthetic_split
+    >>> from masked_opt.demo.synthetic import synthetic_split
     >>> r = run_demo(synthetic_split(40, 30, 8, 6, per_user=8), epochs=2, new_epochs=2)
     >>> r['frozen_entries_changed'], r['ok'], sorted(r['rmse'])[:3]
     (0, True, ['bias_only', 'ceiling', 'full_retrain'])
