@@ -38,6 +38,7 @@ from .masks import (
                    train_rows_from,
 )
 from .optimizer import Masked
+from .state_view import OptimizerState, optimizer_state
 
 __version__ = '0.1.0'
 
@@ -45,4 +46,5 @@ __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze
            'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',
            'grow_table', 'grow_params', 'grow_embedding', 'grow_dense', 'grow_vocab', 'init_rows',
            'row_stats',
-           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT', 'convert_embeddings']
+           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT', 'optimizer_state', 'OptimizerState',
+           'convert_embeddings']

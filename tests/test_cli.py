@@ -164,7 +164,7 @@ def test_plot_without_matplotlib_is_a_clear_one_line_error(capsys, tmp_path, mon
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # import matplotlib -> ImportError
     code, out, err = run(capsys, *TINY, '--plot', str(tmp_path / 'x.png'))
     assert code == 2 and out == ''
-    assert err.count('\n') == 1 and 'pip install matplotlib' in err
+    assert err.count('\n') == 1 and "pip install 'matplotlib>=" in err
 
 
 def _bad_file(tmp_path, kind):

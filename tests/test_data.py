@@ -3,19 +3,16 @@ and the time split that decides which users and items are new."""
 import numpy as np
 import pytest
 
-from masked_opt.data import (
+from masked_opt.demo.data import (
     MIN_RATINGS,
     DataError,
     Ratings,
     RawRatings,
-    holdout_split,
-    load_ratings,
     pair_types,
-    random_split,
-    synthetic_split,
-    time_split,
     validation_split,
 )
+from masked_opt.demo.files import holdout_split, load_ratings, random_split, time_split
+from masked_opt.demo.synthetic import synthetic_split
 
 
 def write(tmp_path, text, name='u.data'):

@@ -1,178 +1,28 @@
-"""Ratings for the demo: synthetic low-rank ratings, and a MovieLens-format loader.
+"""Ratings from a MovieLens-format file, and the splits that decide which rows are new.
 
-Both produce a :class:`Split`: users and items numbered as table rows, old ones first
-(``0 .. n_old - 1``) and new ones after them, and four sets of ratings:
-
-- ``old_train``: old user x old item, what the first model is trained on;
-- ``old_test``: old user x old item, held out (to check old predictions do not change);
-- ``new_train`` / ``new_test``: every rating that involves a new user or a new item, split at
-  random (80/20 by default): what the new rows are trained and judged on.
-
-Labels follow the forum's model, which predicts ``1 - <user, item>``: synthetic labels are
-``1 - <u, v> + noise``; MovieLens ratings ``r`` become ``r - mean + 1`` (``mean`` of the old
-training ratings), a shift, so an RMSE on labels is an RMSE in rating units.
+:func:`load_ratings` reads the file (every malformed line is a :class:`DataError` naming
+``path:line``); :func:`time_split`, :func:`holdout_split` and :func:`random_split` turn the
+:class:`~masked_opt.demo.data.RawRatings` into a :class:`~masked_opt.demo.data.Split`.
 """
-import collections
 import math
 
 import numpy as np
 
-from .grow import grow_vocab
+from ..grow import grow_vocab
+from .data import (
+    DEFAULT_CUTOFF,
+    MIN_RATINGS,
+    DataError,
+    RawRatings,
+    Split,
+    as_ratings,
+    random_holdout,
+    subset,
+)
 
-__all__ = ['DataError', 'Ratings', 'Split', 'RawRatings', 'synthetic_split', 'load_ratings',
-           'time_split', 'holdout_split', 'random_split', 'validation_split', 'pair_types',
-           'PAIR_TYPES', 'DEFAULT_CUTOFF', 'MIN_RATINGS', 'VALIDATION_FRACTION']
-
-DEFAULT_CUTOFF = 0.8
-"""Default time cut-off: the 0.8 quantile of timestamps (the latest 20% of ratings are new)."""
-
-MIN_RATINGS = 20
-"""Fewest ratings a file must hold, and fewest old training ratings a cut-off may leave."""
-
-VALIDATION_FRACTION = 0.1
-"""Share of training ratings the demo carves out to choose ``wd`` and epochs on."""
-
-PAIR_TYPES = ('old user x new item', 'new user x old item', 'new user x new item')
-"""The kinds of new pairs, in the order of the codes :func:`pair_types` returns (0, 1, 2)."""
+__all__ = ['load_ratings', 'time_split', 'holdout_split', 'random_split']
 
 
-class DataError(ValueError):
-    """Input data that cannot be used; the message says where and what was expected."""
-
-
-Ratings = collections.namedtuple('Ratings', 'user item label')
-Ratings.__doc__ = 'Rated pairs: int64 user rows, int64 item rows, float32 labels.'
-
-RawRatings = collections.namedtuple('RawRatings', 'user item rating timestamp')
-RawRatings.__doc__ = 'Ratings as read from a file: raw integer ids, float ratings, timestamps.'
-
-_Split = collections.namedtuple('Split', 'n_old_users n_new_users n_old_items n_new_items '
-                                'old_train old_test new_train new_test source noise')
-
-
-class Split(_Split):
-    """Users, items and ratings of the demo, old rows first (see the module documentation).
-
-    ``noise`` is the label noise standard deviation of synthetic data (None for real data).
-    No model reaches it once the old rows are frozen: the old rows carry their own error.
-    """
-
-    @property
-    def n_users(self):
-        """Rows of the grown user table."""
-        return self.n_old_users + self.n_new_users
-
-    @property
-    def n_items(self):
-        """Rows of the grown item table."""
-        return self.n_old_items + self.n_new_items
-
-    def sizes(self):
-        """Counts for the report."""
-        return {'old_users': self.n_old_users, 'new_users': self.n_new_users,
-                'old_items': self.n_old_items, 'new_items': self.n_new_items,
-                'old_train': len(self.old_train.label), 'old_test': len(self.old_test.label),
-                'new_train': len(self.new_train.label), 'new_test': len(self.new_test.label)}
-
-
-def _ratings(user, item, label):
-    return Ratings(np.asarray(user, dtype=np.int64), np.asarray(item, dtype=np.int64),
-                   np.asarray(label, dtype=np.float32))
-
-
-def _subset(r, keep):
-    return Ratings(r.user[keep], r.item[keep], r.label[keep])
-
-
-def _random_holdout(n, fraction, rng):
-    """Boolean mask of ``round(n * fraction)`` held-out positions (at least 1 when n > 1)."""
-    k = int(round(n * fraction))
-    k = min(max(k, 1 if n > 1 else 0), n - 1 if n > 1 else n)
-    test = np.zeros(n, dtype=bool)
-    test[rng.permutation(n)[:k]] = True
-    return test
-
-
-# ---------------------------------------------------------------------------- synthetic
-def synthetic_split(n_old_users=600, n_old_items=400, n_new_users=120, n_new_items=80, *,
-                    per_user=40, per_new_item=15, rank=8, noise=0.1, test_fraction=0.2,
-                    seed=0):
-    """Ratings from hidden low-rank user and item factors, with new users and items.
-
-    Hidden factors are standard normal; latent dimension ``k`` is weighted by ``0.75 ** k``
-    (normalised so that ``<u, v>`` has unit variance), so later dimensions carry less signal,
-    as in a trained model. Label = ``1 - <u, v> + noise``.
-
-    Parameters
-    ----------
-    n_old_users, n_old_items, n_new_users, n_new_items : int
-        Table sizes before and after growing.
-    per_user : int
-        Items each user rates (old users rate old items; new users rate any item).
-    per_new_item : int
-        Extra ratings of each new item by random old users.
-    rank : int
-        Rank of the hidden factors.
-    noise : float
-        Standard deviation of the label noise.
-    test_fraction : float
-        Share of held-out ratings, for old pairs and for new pairs.
-    seed : int
-        Same seed, same data.
-
-    Returns
-    -------
-    Split
-
-    Examples
-    --------
-    >>> from masked_opt.data import synthetic_split
-    >>> s = synthetic_split(50, 40, 10, 8, per_user=5, seed=0)
-    >>> s.n_users, s.n_items, s.sizes()['old_train']
-    (60, 48, 200)
-    """
-    for name, value in (('n_old_users', n_old_users), ('n_old_items', n_old_items),
-                        ('per_user', per_user), ('rank', rank)):
-        if value < 1:
-            raise DataError('%s: expected a positive integer, received %r' % (name, value))
-    if per_user > n_old_items:
-        raise DataError('per_user=%d: expected at most n_old_items=%d (each user rates '
-                        'distinct items)' % (per_user, n_old_items))
-    rng = np.random.default_rng(seed)
-    n_users, n_items = n_old_users + n_new_users, n_old_items + n_new_items
-    weight = 0.75 ** np.arange(rank)
-    weight /= np.sqrt((weight ** 2).sum())
-    users = rng.standard_normal((n_users, rank)) * weight
-    items = rng.standard_normal((n_items, rank))
-
-    def rate(u, i):
-        return 1.0 - (users[u] * items[i]).sum(axis=1) + noise * rng.standard_normal(len(u))
-
-    def distinct_items(u, pool, k):
-        return [(u, int(i)) for i in rng.choice(pool, size=min(k, pool), replace=False)]
-
-    old_pairs = [p for u in range(n_old_users) for p in distinct_items(u, n_old_items, per_user)]
-    new_pairs = [p for u in range(n_old_users, n_users)
-                 for p in distinct_items(u, n_items, per_user)]
-    for i in range(n_old_items, n_items):
-        for u in rng.choice(n_old_users, size=min(per_new_item, n_old_users), replace=False):
-            new_pairs.append((int(u), i))
-    new_pairs = sorted(set(new_pairs))
-    old_u, old_i = np.array(old_pairs).T
-    old = _ratings(old_u, old_i, rate(old_u, old_i))
-    test = _random_holdout(len(old_u), test_fraction, rng)
-    if new_pairs:
-        new_u, new_i = np.array(new_pairs).T
-        new = _ratings(new_u, new_i, rate(new_u, new_i))
-    else:
-        new = _ratings([], [], [])
-    new_test = _random_holdout(len(new.label), test_fraction, rng)
-    return Split(n_old_users, n_new_users, n_old_items, n_new_items,
-                 _subset(old, ~test), _subset(old, test), _subset(new, ~new_test),
-                 _subset(new, new_test), 'synthetic (seed %d)' % seed, float(noise))
-
-
-# ---------------------------------------------------------------------------- MovieLens files
 def load_ratings(path):
     """Read ratings in MovieLens format: ``user<TAB>item<TAB>rating<TAB>timestamp``.
 
@@ -198,7 +48,7 @@ def load_ratings(path):
     Examples
     --------
     >>> import os, tempfile
-    >>> from masked_opt.data import load_ratings
+    >>> from masked_opt.demo.files import load_ratings
     >>> path = os.path.join(tempfile.mkdtemp(), 'u.data')
     >>> with open(path, 'w') as f:
     ...     _ = f.write(''.join('%d\\t%d\\t%d\\t%d\\n' % (u, i, 1 + (u + i) % 5, 100 * u + i)
@@ -288,7 +138,8 @@ def time_split(raw, cutoff=DEFAULT_CUTOFF, *, test_fraction=0.2, seed=0, source=
     Examples
     --------
     >>> import numpy as np
-    >>> from masked_opt.data import RawRatings, time_split
+    >>> from masked_opt.demo.data import RawRatings
+    >>> from masked_opt.demo.files import time_split
     >>> u = np.repeat(np.arange(10), 5); i = np.tile(np.arange(5), 10)
     >>> raw = RawRatings(u, i + 10 * (u >= 8), np.full(50, 4.0), np.arange(50))
     >>> s = time_split(raw, 0.8)
@@ -312,7 +163,7 @@ def time_split(raw, cutoff=DEFAULT_CUTOFF, *, test_fraction=0.2, seed=0, source=
     new_pair = (rows_u >= users.n_old) | (rows_i >= items.n_old)
     rng = np.random.default_rng(seed)
     held = np.zeros(len(rating), dtype=bool)
-    held[np.flatnonzero(before)] = _random_holdout(int(before.sum()), 0.1, rng)
+    held[np.flatnonzero(before)] = random_holdout(int(before.sum()), 0.1, rng)
     old_train = before & ~held
     if old_train.sum() < MIN_RATINGS:
         raise DataError('cutoff %s leaves %d old ratings to train on; expected at least %d. '
@@ -324,13 +175,13 @@ def time_split(raw, cutoff=DEFAULT_CUTOFF, *, test_fraction=0.2, seed=0, source=
         raise DataError('cutoff %s leaves %d ratings of new users/items; expected at least 2 '
                         '(to train and to test). Lower --cutoff.' % (cutoff, int(new_pair.sum())))
     offset = rating[old_train].mean() - 1.0
-    all_r = _ratings(rows_u, rows_i, rating - offset)
+    all_r = as_ratings(rows_u, rows_i, rating - offset)
     new_idx = np.flatnonzero(new_pair)
     new_test = np.zeros(len(rating), dtype=bool)
-    new_test[new_idx] = _random_holdout(len(new_idx), test_fraction, rng)
+    new_test[new_idx] = random_holdout(len(new_idx), test_fraction, rng)
     return Split(users.n_old, users.n_new, items.n_old, items.n_new,
-                 _subset(all_r, old_train), _subset(all_r, (held | ~before) & ~new_pair),
-                 _subset(all_r, new_pair & ~new_test), _subset(all_r, new_test),
+                 subset(all_r, old_train), subset(all_r, (held | ~before) & ~new_pair),
+                 subset(all_r, new_pair & ~new_test), subset(all_r, new_test),
                  '%s (cut-off: %s quantile of timestamps)' % (source, cutoff), None)
 
 
@@ -340,7 +191,8 @@ def random_split(raw, *, test_fraction=0.1, seed=0, source='file'):
     Examples
     --------
     >>> import numpy as np
-    >>> from masked_opt.data import RawRatings, random_split
+    >>> from masked_opt.demo.data import RawRatings
+    >>> from masked_opt.demo.files import random_split
     >>> raw = RawRatings(np.arange(30) % 6, np.arange(30) % 5, np.full(30, 3.0), np.arange(30))
     >>> s = random_split(raw)
     >>> s.n_users, s.n_items, s.sizes()['old_test']
@@ -350,11 +202,11 @@ def random_split(raw, *, test_fraction=0.1, seed=0, source='file'):
     items = _first_seen_vocab(raw.item)
     rows_u = np.array([users[x] for x in raw.user.tolist()], dtype=np.int64)
     rows_i = np.array([items[x] for x in raw.item.tolist()], dtype=np.int64)
-    test = _random_holdout(len(raw.rating), test_fraction, np.random.default_rng(seed))
+    test = random_holdout(len(raw.rating), test_fraction, np.random.default_rng(seed))
     offset = raw.rating[~test].mean() - 1.0
-    all_r = _ratings(rows_u, rows_i, raw.rating - offset)
-    empty = _ratings([], [], [])
-    return Split(len(users), 0, len(items), 0, _subset(all_r, ~test), _subset(all_r, test),
+    all_r = as_ratings(rows_u, rows_i, raw.rating - offset)
+    empty = as_ratings([], [], [])
+    return Split(len(users), 0, len(items), 0, subset(all_r, ~test), subset(all_r, test),
                  empty, empty, '%s (random %.0f%% test split)' % (source, 100 * test_fraction),
                  None)
 
@@ -391,7 +243,8 @@ def holdout_split(raw, *, new_users=0.0, new_items=0.1, test_fraction=0.2, seed=
     Examples
     --------
     >>> import numpy as np
-    >>> from masked_opt.data import RawRatings, holdout_split
+    >>> from masked_opt.demo.data import RawRatings
+    >>> from masked_opt.demo.files import holdout_split
     >>> u = np.repeat(np.arange(20), 10); i = u + np.tile(np.arange(10), 20)   # 29 items
     >>> s = holdout_split(RawRatings(u, i, np.full(200, 4.0), np.arange(200)), new_items=0.2)
     >>> s.n_old_items, s.n_new_items, s.n_new_users
@@ -421,7 +274,7 @@ def holdout_split(raw, *, new_users=0.0, new_items=0.1, test_fraction=0.2, seed=
     new_pair = (rows_u >= users.n_old) | (rows_i >= items.n_old)
     old_idx = np.flatnonzero(~new_pair)
     held = np.zeros(len(raw.rating), dtype=bool)
-    held[old_idx] = _random_holdout(old_idx.size, 0.1, rng)
+    held[old_idx] = random_holdout(old_idx.size, 0.1, rng)
     old_train = ~new_pair & ~held
     if old_train.sum() < MIN_RATINGS or new_pair.sum() < 2:
         raise DataError('holding out %g of the users and %g of the items leaves %d old '
@@ -430,49 +283,13 @@ def holdout_split(raw, *, new_users=0.0, new_items=0.1, test_fraction=0.2, seed=
                         % (new_users, new_items, int(old_train.sum()), int(new_pair.sum()),
                            MIN_RATINGS))
     offset = raw.rating[old_train].mean() - 1.0
-    all_r = _ratings(rows_u, rows_i, raw.rating - offset)
+    all_r = as_ratings(rows_u, rows_i, raw.rating - offset)
     new_idx = np.flatnonzero(new_pair)
     new_test = np.zeros(len(raw.rating), dtype=bool)
-    new_test[new_idx] = _random_holdout(new_idx.size, test_fraction, rng)
+    new_test[new_idx] = random_holdout(new_idx.size, test_fraction, rng)
     what = ' and '.join('%g of the %s' % (v, n) for v, n in ((new_users, 'users'),
                                                             (new_items, 'items')) if v)
     return Split(users.n_old, users.n_new, items.n_old, items.n_new,
-                 _subset(all_r, old_train), _subset(all_r, held),
-                 _subset(all_r, new_pair & ~new_test), _subset(all_r, new_test),
+                 subset(all_r, old_train), subset(all_r, held),
+                 subset(all_r, new_pair & ~new_test), subset(all_r, new_test),
                  '%s (new: %s, drawn at random)' % (source, what), None)
-
-
-def validation_split(ratings, fraction=VALIDATION_FRACTION, *, seed=0):
-    """Carve a validation share out of training ratings: returns ``(fit, validation)``.
-
-    The demo chooses ``wd`` and the number of epochs on the validation part, so the test
-    ratings are used once, at the end. At least one rating goes to each part (when there are
-    two or more).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from masked_opt.data import Ratings, validation_split
-    >>> r = Ratings(np.arange(20), np.arange(20), np.zeros(20, dtype=np.float32))
-    >>> fit, val = validation_split(r, 0.1)
-    >>> len(fit.label), len(val.label), sorted(set(fit.user) | set(val.user)) == list(range(20))
-    (18, 2, True)
-    """
-    held = _random_holdout(len(ratings.label), fraction, np.random.default_rng([seed, 7]))
-    return _subset(ratings, ~held), _subset(ratings, held)
-
-
-def pair_types(ratings, n_old_users, n_old_items):
-    """Code per rating: 0 old user x new item, 1 new user x old item, 2 new x new, -1 old x old.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from masked_opt.data import Ratings, pair_types
-    >>> r = Ratings(np.array([0, 5, 5, 0]), np.array([9, 0, 9, 0]), np.zeros(4))
-    >>> pair_types(r, n_old_users=3, n_old_items=4).tolist()
-    [0, 1, 2, -1]
-    """
-    new_u = ratings.user >= n_old_users
-    new_i = ratings.item >= n_old_items
-    return np.where(new_u & new_i, 2, np.where(new_u, 1, np.where(new_i, 0, -1)))
