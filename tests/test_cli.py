@@ -205,12 +205,12 @@ def _bad_file(tmp_path, kind):
     (['--retrain-learning-rate=-inf'], "expected a positive float, received '-inf'"),
     # Finite but diverging: a one-line error naming the phase (a traceback from the report or
     # from growing NaN rows before).
-    (['--learning-rate', '1e30'], r'2/3 new rows \(masked\): training diverged \(NaN or Inf .* '
-     r'learning rate 1e\+30\); lower that phase\'s learning rate \(--learning-rate for the '
-     r'masked phase'),
-    (['--retrain-learning-rate', '1e30'], r'1/3 old model, wd 0: training diverged'),
-    (['--mode', 'latent-split', '--learning-rate', '1e30'], r'2/3 last dim \(masked\): training '
-     r'diverged'),
+    (['--learning-rate', '1e30'], r'stage 2/3 new rows \(masked\): training diverged \(NaN or '
+     r'Inf .* learning rate 1e\+30\); lower that phase\'s learning rate \(--learning-rate for '
+     r'the masked phase'),
+    (['--retrain-learning-rate', '1e30'], r'stage 1/3 old model \(wd 0\): training diverged'),
+    (['--mode', 'latent-split', '--learning-rate', '1e30'], r'stage 2/3 last dim \(masked\): '
+     r'training diverged'),
     (['--seed', '-1'], 'expected a non-negative integer'),
     (['--mode', 'bogus'], "invalid choice: 'bogus'"),
     (['--init', 'copy'], "invalid choice: 'copy'"),
