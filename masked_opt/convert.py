@@ -94,7 +94,10 @@ def _convert_symbol(sym, ctx):
 
 def _lookup_weights(sym):
     """Names of the weight variables that feed a ``masked_opt_lookup`` node of `sym`."""
-    nodes = json.loads(sym.tojson())['nodes']
+    text = sym.tojson()
+    if OP not in text:
+        return []
+    nodes = json.loads(text)['nodes']
     return [nodes[n['inputs'][1][0]]['name'] for n in nodes if n['op'] == OP]
 
 
@@ -116,7 +119,7 @@ def check_bind(sym, grad_req='write', inputs_need_grad=False):
     ...
     ValueError: grad_req='add' for e_weight, which masked_opt_lookup computes: ...
     """
-    weights = _lookup_weights(sym) if OP in sym.tojson() else []
+    weights = _lookup_weights(sym)
     if not weights:
         return
     if isinstance(grad_req, str):
@@ -295,7 +298,10 @@ def convert_embeddings(model, ctx=None):
     parameter files are the same as the unconverted model's. The lookup cannot see a gradient
     request: a Gluon layer refuses ``grad_req='add'`` and ids with an attached gradient, as
     MXNet's Embedding does; ``Module.bind`` refuses them for a converted Symbol
-    (:func:`check_bind`). An executor bound by hand (``simple_bind``) is not checked.
+    (:func:`check_bind`). An executor bound by hand (``simple_bind``) is not checked. A Block
+    that will live on a GPU: convert it after ``initialize`` (it is then left as it is); a
+    converted layer called imperatively on a GPU runs MXNet's Embedding, but a hybridized
+    graph traced before the Parameters' context is known would name the CPU-only lookup.
 
     Examples
     --------
