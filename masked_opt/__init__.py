@@ -37,6 +37,7 @@ from .masks import (
                    train_rows_from,
 )
 from .optimizer import Masked
+from .statefile import load_states, save_states
 
 __version__ = '0.1.0'
 
@@ -44,4 +45,4 @@ __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze
            'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',
            'grow_table', 'grow_params', 'grow_embedding', 'grow_dense', 'grow_vocab', 'init_rows',
            'row_stats',
-           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT']
+           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT', 'save_states', 'load_states']
