@@ -6,7 +6,6 @@ or, with ``update_on_kvstore``, the kvstore's ``_updater``; ``Module._updater``)
 :class:`StateOwner` reads them the same way, in this one place.
 """
 import mxnet as mx
-from mxnet import gluon
 
 from . import plain_optimizer as _plain
 from .optimizer import Masked
@@ -45,7 +44,8 @@ class StateOwner:
 
     def __init__(self, obj):
         self.kind = type(obj).__name__
-        if isinstance(obj, gluon.Trainer):
+        if isinstance(obj, mx.gluon.Trainer):   # mx.gluon at call time: a kvstore server
+            # imports masked_opt while mxnet is still importing, before mx.gluon exists
             self._gluon(obj)
         elif type(obj) is mx.mod.Module:
             self._module(obj)
