@@ -39,6 +39,7 @@ from .masks import (
 )
 from .optimizer import Masked
 from .state_view import OptimizerState, optimizer_state
+from .statefile import load_states, save_states
 
 __version__ = '0.1.0'
 
@@ -47,4 +48,4 @@ __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze
            'grow_table', 'grow_params', 'grow_embedding', 'grow_dense', 'grow_vocab', 'init_rows',
            'row_stats',
            'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT', 'optimizer_state', 'OptimizerState',
-           'convert_embeddings']
+           'convert_embeddings', 'save_states', 'load_states']
