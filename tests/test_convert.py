@@ -416,3 +416,27 @@ def test_gluon_layer_on_a_gpu_is_left(monkeypatch, caplog):
     assert 'initialised on gpu(0)' in caplog.records[-1].getMessage()
     with pytest.raises(TypeError, match='ctx is for a Symbol'):
         mo.convert_embeddings(net, ctx=mx.cpu())
+
+
+def test_masked_opt_imports_while_mxnet_is_still_importing():
+    """A kvstore server imports masked_opt (unpickling the optimizer) from inside
+    ``import mxnet``, before ``mx.gluon`` exists: importing the package, convert included, must
+    not import mxnet.gluon. (A module-level ``from mxnet import gluon`` in convert.py broke
+    every dist kvstore run with 'cannot import name np_symbol'.)"""
+    script = textwrap.dedent('''
+        import importlib.abc, sys
+        class Hook(importlib.abc.MetaPathFinder):
+            done = False
+            def find_spec(self, name, path, target=None):
+                if name == 'mxnet.kvstore' and not Hook.done:   # where a server starts
+                    Hook.done = True
+                    import masked_opt, masked_opt.convert
+                    assert 'mxnet.gluon' not in sys.modules
+                    print('imported')
+        sys.meta_path.insert(0, Hook())
+        import mxnet
+    ''')
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == 0 and 'imported' in proc.stdout, proc.stdout
