@@ -157,8 +157,11 @@ class NativeBlockStep:
         (self._lo, self._hi), (self._c0, self._c1) = plan.native_ranges
         self._all_cols = self._c0 == 0 and self._c1 == weight.shape[1]
         ranges = (self._lo, self._hi, self._c0, self._c1)
+        # The ops check the gradient's row ids on the engine and refuse, naming the parameter,
+        # ids that are not sorted, unique and in range (masked_opt/row_ids.py).
+        self._param = plan.name
         if self._all_cols:
-            self._grad, self._scratch = native.rsp_block(grad, *ranges), None
+            self._grad, self._scratch = native.rsp_block(grad, *ranges, param=plan.name), None
             return
         # A block-sized scratch kept by the plan (like the state, C6): a fresh (R, k) output
         # every step costs an allocation of the whole block (measured 0.3-1.7 ms at 100k x 64).
@@ -170,7 +173,7 @@ class NativeBlockStep:
                 plan.block_shape, ctx=weight.context, dtype=weight.dtype)
         self._scratch = scratch
         # The gradient's block and the weight's block at the same rows, in one operation.
-        self._grad = native.rsp_block_gather(grad, weight, scratch, *ranges)
+        self._grad = native.rsp_block_gather(grad, weight, scratch, *ranges, param=plan.name)
 
     def _rows(self, weight):
         # An axis-0 slice of an NDArray is a view: writes through it land in the weight. The
@@ -195,7 +198,8 @@ class NativeBlockStep:
     def scatter(self, block, weight):
         """Write the batch rows' column block back (nothing to do for a rows view)."""
         if not self._all_cols:
-            native.scatter_rows(self._rows(weight), block, self._grad, self._c0)
+            native.scatter_rows(self._rows(weight), block, self._grad, self._c0,
+                                param=self._param)
 
     def state_view(self, block_state):
         """The block-sized state, updated in place by the lazy kernel."""

@@ -307,7 +307,7 @@ class Masked(mx_opt.Optimizer):
         rows, cols = mask.resolve(weight.shape, name)
         if rows is None and cols is None:
             return None  # the mask trains everything: the wrapped optimizer alone
-        plan = BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
+        plan = BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype, name=name)
         plan.native_ranges = block_ranges(plan, weight.dtype)
         return plan
 

@@ -34,6 +34,8 @@ from mxnet import ndarray as nd
 from mxnet.base import _LIB, NDArrayHandle, check_call
 from mxnet.context import cpu
 
+from .row_ids import check_row_ids
+
 # nd.array(numpy) uploads synchronously; it is only called when a plan is built, once per
 # parameter and context, never per step (SparseStep's per-step uploads use _upload).
 
@@ -100,6 +102,8 @@ class BlockPlan:
         Where the weight lives.
     dtype : numpy dtype
         dtype of the weight; fractional scales are stored in it.
+    name : str, optional
+        The parameter's name, for error messages.
 
     Examples
     --------
@@ -111,8 +115,9 @@ class BlockPlan:
     [[4.0, 5.0], [6.0, 7.0]]
     """
 
-    def __init__(self, shape, rows, cols, ctx, dtype):
+    def __init__(self, shape, rows, cols, ctx, dtype, name=None):
         self.shape = tuple(shape)
+        self.name = name
         self.ctx = ctx
         n_rows = self.shape[0]
         row_ids = np.arange(n_rows) if rows is None else np.flatnonzero(rows)
@@ -369,6 +374,7 @@ class SparseStep:
         self._views = {}   # id(row_sparse array) -> (array, dense storage view), this step
         if lazy:
             ids = _host_row_ids(grad)
+            check_row_ids(ids, plan.shape[0], plan.name)   # before anything is written
             keep, pos = plan.positions(ids)
             rows = ids[keep]
         else:
