@@ -17,7 +17,10 @@ def grow_embedding(block, n_new, init=DEFAULT_INIT, *, seed=0, parent=None):
 
     The block keeps its Parameter object, hence its name, contexts, dtype, storage type and
     ``grad_stype``; only the data (and gradient buffers) get ``n_new`` more rows, identical
-    on every context. Old rows are bit-identical.
+    on every context. Old rows are bit-identical to the trained table, wherever training left
+    it: a ``SparseEmbedding`` trained by a Trainer is updated on the kvstore (a server's, for a
+    dist kvstore) and the layer itself holds only the rows of its last batch, so every row is
+    pulled from there first (MXNet's ``Parameter.list_row_sparse_data``).
 
     Parameters
     ----------
@@ -79,10 +82,27 @@ def _plan(param, n_new, init, seed):
         raise ValueError('%s: parameter %r is not initialized; expected a trained layer (call '
                          'initialize(), run a forward pass for deferred shapes, and train it '
                          'first)' % (name, name))
-    datas = list(param._data)
+    datas = _trained_copies(param)
     table = datas[0].reshape((-1, 1)) if len(datas[0].shape) == 1 else datas[0]
     kind = _table_kind(table, name)
     return datas, _new_rows(table, kind, n_new, init, _rng(seed, name), name)
+
+
+def _trained_copies(param):
+    """Every context's copy of the parameter, each holding the whole trained table.
+
+    A dense Parameter's copies are the trained table: a Trainer that updates on a kvstore pulls
+    the new weights into them after every step. A row_sparse one (``SparseEmbedding``) is
+    updated on the kvstore only (Gluon forces ``update_on_kvstore``), and each forward pulls
+    just the rows of its batch, before that step's update: the local copies hold stale rows of
+    the last batch, and the trained table lives on the kvstore (a server's, for a dist
+    kvstore). So every row is pulled first, with MXNet's own ``list_row_sparse_data``, which
+    writes the whole table into every context's copy.
+    """
+    if param._stype == 'row_sparse' and param._trainer is not None:
+        ids = mx.nd.arange(param.shape[0], dtype='int64')
+        param.list_row_sparse_data(ids)
+    return list(param._data)
 
 
 def _grow_param(param, datas, rows):

@@ -27,8 +27,8 @@ import numpy as np
 from . import masks as _masks
 from .masks import Mask, _From, _Indices, _Scales, as_mask
 
-__all__ = ['save_masks', 'load_masks', 'atomic_write', 'save_module_checkpoint',
-           'save_gluon_checkpoint', 'latest_checkpoint']
+__all__ = ['save_masks', 'load_masks', 'masks_to_arrays', 'masks_from_arrays', 'atomic_write',
+           'save_module_checkpoint', 'save_gluon_checkpoint', 'latest_checkpoint']
 
 _FORMAT = 'masked_opt.masks/1'
 
@@ -241,6 +241,28 @@ def save_masks(path, masks):
     >>> load_masks(path) == masks
     True
     """
+    arrays = masks_to_arrays(masks)
+    with atomic_write(path) as tmp:
+        with open(tmp, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
+            np.savez(f, **arrays)
+
+
+def masks_to_arrays(masks):
+    """The arrays :func:`save_masks` writes: plain numeric arrays and a JSON ``'manifest'``.
+
+    For a file that holds masks next to other arrays (the optimizer state files of
+    :mod:`masked_opt.statefile`); :func:`masks_from_arrays` reads them back.
+
+    Examples
+    --------
+    >>> import masked_opt as mo
+    >>> from masked_opt.io import masks_to_arrays, masks_from_arrays
+    >>> arrays = masks_to_arrays({'w': mo.train_rows([2, 5])})
+    >>> sorted(arrays)
+    ['a0', 'manifest']
+    >>> masks_from_arrays(arrays, 'example') == {'w': mo.train_rows([2, 5])}
+    True
+    """
     arrays, manifest = {}, []
     for name, mask in masks.items():
         if not isinstance(name, str):
@@ -252,9 +274,7 @@ def save_masks(path, masks):
                          'rows': [_spec_to_json(s, arrays, 'rows', where) for s in mask.rows],
                          'cols': [_spec_to_json(s, arrays, 'cols', where) for s in mask.cols]})
     arrays['manifest'] = np.array(json.dumps({'format': _FORMAT, 'masks': manifest}))
-    with atomic_write(path) as tmp:
-        with open(tmp, 'wb') as f:  # a file object: np.savez would append '.npz' to a name
-            np.savez(f, **arrays)
+    return arrays
 
 
 def load_masks(path):
@@ -294,7 +314,18 @@ def load_masks(path):
     >>> load_masks(path)['w'].resolve((3, 2), 'w')[0].tolist()
     [0.0, 0.5, 1.0]
     """
-    arrays = _read_npz(path)
+    return masks_from_arrays(_read_npz(path), path)
+
+
+def masks_from_arrays(arrays, where):
+    """Masks from the arrays of :func:`masks_to_arrays`, checked as :func:`load_masks` checks a
+    file's (``where`` names their source in error messages); see :func:`masks_to_arrays`."""
+    arrays = dict(arrays)
+    path = where
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise TypeError('%s: member %r is %s, not a numpy array. %s'
+                            % (path, name, type(value).__name__, _HINT))
     header = _read_header(path, arrays)
     masks, used = {}, set()
     for position, entry in enumerate(header['masks']):

@@ -8,7 +8,13 @@ stand for. This module keeps that layout next to each state and uses it when sta
 and the local kvstore get for a :class:`~masked_opt.Masked` optimizer (importing masked_opt makes
 ``mxnet.optimizer.get_updater`` return it for a Masked optimizer and for a wrapper around one,
 such as ``hvd.DistributedOptimizer``; MXNet's own Updater for any other). It differs from
-MXNet's in three places:
+MXNet's in four places:
+
+* A list of parameters goes to the optimizer in one call, whatever their dtypes. MXNet's
+  Updater splits the call of an aggregating optimizer by dtype; the masked optimizer needs the
+  whole step to check every mask before writing anything, and makes the wrapped optimizer's
+  calls, dtype groups included, itself (:func:`masked_opt.optimizer.updater_calls`), so that a
+  model mixing float16 and float32 sees the order it sees without masked_opt.
 
 * ``get_states`` saves, next to the states, the layout of each one (key :data:`LAYOUTS_KEY` of the
   pickled states dict: parameter name, weight shape, row and column bitmaps; plain Python types,
@@ -34,6 +40,8 @@ from mxnet import optimizer as mx_opt
 from mxnet.base import py_str
 from mxnet.ndarray import NDArray
 from mxnet.ndarray import array as nd_array
+from mxnet.optimizer.optimizer import _as_classic
+from mxnet.util import is_np_array
 
 from . import server as _server
 from .wrappers import _held_optimizers, find_masked
@@ -174,16 +182,46 @@ class MaskedUpdater(mx_opt.Updater):
     # ---- saving ----
     def get_states(self, dump_optimizer=False):
         states = dict(self.states)
+        layouts = self.saved_layouts()
+        if layouts:
+            states[LAYOUTS_KEY] = layouts
+        return pickle.dumps((states, self.optimizer) if dump_optimizer else states)
+
+    def saved_layouts(self):
+        """The layout of each state, as :meth:`get_states` saves it next to the states.
+
+        Returns
+        -------
+        dict
+            ``{index: {'name': str, 'shape': tuple, 'rows': bytes or None, 'cols': bytes or
+            None}}`` for every index in ``states`` whose layout is known: ``rows`` and
+            ``cols`` are bitmaps (``numpy.packbits``) of the weight's rows and columns the
+            state covers, None for all of them. An index without an entry has no layout (a
+            state loaded from a file that did not record one).
+        """
         layouts = {}
         for index in self.states:
             layout = self._pending.get(index, self.layouts.get(index))
             if layout is not None:
                 layouts[index] = layout.to_plain()
-        if layouts:
-            states[LAYOUTS_KEY] = layouts
-        return pickle.dumps((states, self.optimizer) if dump_optimizer else states)
+        return layouts
 
     # ---- loading ----
+    def block_ids(self, index):
+        """The weight rows and columns ``states[index]`` stands for: ``(rows, cols)``.
+
+        Numpy int64 ids (``cols`` None for a 1-D weight); every row and column for a state kept
+        whole (loaded from an unmasked run); None when the state has no known layout (not
+        created by this updater, or loaded from a file that had none).
+        :func:`masked_opt.optimizer_state` reads states with them.
+        """
+        layout = self._pending.get(index, self.layouts.get(index))
+        if layout is None:
+            return None
+        if not layout.full and _is_whole(self.states.get(index), layout.shape):
+            layout = _Layout(layout.name, layout.shape, None, None)   # a warm state, kept whole
+        return layout.row_ids(), None if len(layout.shape) < 2 else layout.col_ids()
+
     def set_states(self, states):
         loaded = pickle.loads(states)
         file_opt = None
@@ -191,7 +229,29 @@ class MaskedUpdater(mx_opt.Updater):
             loaded, file_opt = loaded
         loaded = dict(loaded)
         plain = loaded.pop(LAYOUTS_KEY, None) or {}
-        layouts = {i: _Layout.from_plain(p) for i, p in plain.items() if i in loaded}
+        self.restore(loaded, plain, file_opt)
+
+    def restore(self, states, layouts=None, optimizer=None):
+        """Load states that are already objects: what :meth:`set_states` does after unpickling.
+
+        Parameters
+        ----------
+        states : dict
+            ``{index: state}``, states as the wrapped optimizer makes them (NDArrays, tuples,
+            None).
+        layouts : dict, optional
+            ``{index: layout}`` in the form :meth:`saved_layouts` returns; an index without
+            one is matched by its shapes alone.
+        optimizer : mxnet.optimizer.Optimizer, optional
+            The optimizer saved with the states. On a masked updater it becomes the wrapped
+            optimizer and the live masks stay; None keeps the optimizer as it is.
+
+        States are matched to the current masks where the weights are known (Gluon), at the
+        first update otherwise (Module); a state that cannot be matched raises ``ValueError``
+        before anything is changed.
+        """
+        loaded, file_opt = dict(states), optimizer
+        layouts = {i: _Layout.from_plain(p) for i, p in (layouts or {}).items() if i in loaded}
         opt = self._masked()
         if opt is None:   # not ours any more: MXNet's semantics
             self.states, self.optimizer = loaded, (file_opt or self.optimizer)
@@ -225,8 +285,41 @@ class MaskedUpdater(mx_opt.Updater):
                     todo[i] = w
             if todo:
                 self._commit(_loud(self._match)(self.states, self._pending, todo))
-        super().__call__(index, grad, weight)
+        if isinstance(index, (list, tuple)) and self.aggregate_updates and \
+                self._masked() is not None:
+            self._whole_step(list(index), list(grad), list(weight))
+        else:
+            super().__call__(index, grad, weight)
         self._record(index, weight)
+
+    def _whole_step(self, indices, grads, weights):
+        """MXNet's ``Updater.__call__`` for a list, minus its grouping by dtype: every
+        parameter goes to the masked optimizer in one call, in the caller's order.
+
+        MXNet's Updater splits an aggregating optimizer's call by dtype. The masked optimizer
+        reports a huge ``aggregate_num`` to get the whole step at once; split by dtype, a
+        mixed float16/float32 model would reach it as two calls, so the wrapped optimizer
+        would see the parameters in another order than alone (C4: Nadam's schedule, SGLD's
+        noise) and a bad mask among the second dtype would raise after the first dtype's
+        weights were written (C8). The masked optimizer makes the wrapped optimizer's calls,
+        grouping included, itself (``masked_opt.optimizer.updater_calls``).
+        """
+        allow_np = getattr(self.optimizer, 'allow_np_array', is_np_array())
+        grads = [_as_classic(g, allow_np) for g in grads]
+        weights = [_as_classic(w, allow_np) for w in weights]
+        if weights:
+            self.optimizer._set_current_context(weights[0].context.device_id)
+        for k, (i, w) in enumerate(zip(indices, weights, strict=True)):
+            if isinstance(i, bytes):
+                indices[k] = i = py_str(i)
+            if i not in self.states:
+                self.states[i] = self.optimizer.create_state_multi_precision(i, w)
+                self.states_synced[i] = True
+            elif not self.states_synced[i]:
+                self.states[i] = self.sync_state_context(self.states[i], w.context)
+                self.states_synced[i] = True
+        self.optimizer.update_multi_precision(indices, weights, grads,
+                                              [self.states[i] for i in indices])
 
     def _record(self, index, weight):
         """Remember the layout of each state this call created (once per index)."""

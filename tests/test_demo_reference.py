@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from masked_opt.data import Ratings, validation_split
 from masked_opt.demo import reference as ref
+from masked_opt.demo.data import Ratings, validation_split
 from masked_opt.demo.run import frozen_changed
 
 

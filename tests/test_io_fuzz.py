@@ -11,6 +11,7 @@ the manifest, the arrays and the raw bytes in drawn ways.
 import io as _pyio
 import json
 import math
+import os
 import zipfile
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from payloads import assert_payload_is_live, payload_array
 
 import masked_opt as mo
 from masked_opt import io
@@ -282,13 +284,21 @@ def test_file_that_is_not_an_npz_is_refused(tmp_path, make):
     _load_refused(str(path))
 
 
-def test_object_array_is_refused_without_unpickling(tmp_path):
+@pytest.mark.parametrize('where', ['array', 'manifest'])
+def test_pickled_member_is_refused_and_never_unpickled(tmp_path, where):
+    """An object array (a pickle inside the .npz) whose unpickling would create a folder: the
+    file is refused and the folder never appears, so nothing was unpickled, not merely an
+    unpickled object array refused afterwards."""
     manifest, arrays = _valid_parts(tmp_path)
-    key = _entry(manifest, 'b_weight')['rows'][0]['array']
-    arrays[key] = np.array([0, 3], dtype=object)
+    marker = str(tmp_path / 'payload-ran')
+    key = _entry(manifest, 'b_weight')['rows'][0]['array'] if where == 'array' else 'manifest'
+    arrays['manifest'] = np.array(json.dumps(manifest))
+    arrays[key] = payload_array(marker)
     path = str(tmp_path / 'bad.npz')
-    np.savez(path, **arrays, manifest=np.array(json.dumps(manifest)))
+    np.savez(path, **arrays)
     _load_refused(path)
+    assert not os.path.exists(marker), 'load_masks unpickled the payload'
+    assert_payload_is_live(path, key, marker)
 
 
 def test_error_says_what_to_do(tmp_path):

@@ -3,9 +3,11 @@
 A native-eligible mask (one contiguous block, SGD with momentum or Adam, lazy updates) meets
 something the native strategy does not serve, or serves with a cache: a full-size optimizer
 state from a warm start, a float16 weight with ``multi_precision``, a second weight array
-for the same parameter index. Each test runs both paths and compares them on the bits with
-each other and with MXNet's own optimizer on the trainable rows, so that a chooser that sends
-the case to the wrong strategy, or a cache that outlives its array, fails here.
+for the same parameter index. Each test runs the path the optimizer chooses itself
+(``step_path='auto'``) and the pure one, compares them on the bits with each other and with
+MXNet's own optimizer on the trainable rows, and checks that ``step_path='native'`` refuses
+what the native strategy does not serve: a chooser that sends a case to the wrong strategy, or
+a cache that outlives its array, fails here.
 """
 import mxnet as mx
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 from bits import assert_same_bits, state_arrays
 
 import masked_opt as mo
-from masked_opt import native, native_step
+from masked_opt import native
 
 NAME = 'table_weight'
 V, D = 10, 4
@@ -21,19 +23,6 @@ V, D = 10, 4
 if not native.available():   # CI sets MASKED_OPT_REQUIRE_NATIVE=1: conftest fails the run
     pytest.skip('native library not available: %s' % native.status().reason,
                 allow_module_level=True)
-
-
-@pytest.fixture
-def native_steps(monkeypatch):
-    """How many updates took the native path (a spy on NativeBlockStep)."""
-    calls = []
-    original = native_step.NativeBlockStep.__init__
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        original(self, *args, **kwargs)
-    monkeypatch.setattr(native_step.NativeBlockStep, '__init__', counting)
-    return calls
 
 
 def _rsp(ids, values, dtype='float32'):
@@ -57,8 +46,7 @@ def _copy_state(state):
 
 
 @pytest.mark.parametrize('base,hyper', [('adam', {}), ('sgd', {'momentum': 0.9})])
-def test_warm_started_full_size_state_with_lazy_rsp_gradient(base, hyper, monkeypatch,
-                                                              native_steps):
+def test_warm_started_full_size_state_with_lazy_rsp_gradient(base, hyper):
     """A state made for the whole weight (a run without the mask, resumed with one) on a
     native-eligible mask: the pure path gathers and scatters it; frozen state rows keep their
     bits and trainable rows get exactly MXNet's own lazy update with the frozen rows dropped."""
@@ -70,17 +58,21 @@ def test_warm_started_full_size_state_with_lazy_rsp_gradient(base, hyper, monkey
         s[:] = mx.nd.array(np.abs(rng.normal(size=s.shape)))
     grads, raw = _grads()
     results = {}
-    for flag in ('0', '1'):
-        monkeypatch.setenv('MASKED_OPT_NATIVE', flag)
+    for path in ('pure', 'auto', 'native'):
         opt = mo.Masked(base=base, masks={NAME: mo.train_rows_from(4)},
                         param_idx2name={0: NAME}, learning_rate=0.1, **hyper)
+        opt.step_path = path
         updater = mx.optimizer.get_updater(opt)
         updater.states[0], updater.states_synced[0] = _copy_state(warm), True
         weight = mx.nd.array(w0)
+        if path == 'native':   # not served: the native strategy updates a block-sized state
+            with pytest.raises(ValueError, match='made for the whole weight'):
+                updater(0, grads[0], weight)
+            assert_same_bits(w0, weight, 'weight after the refusal')
+            continue
         for g in grads:
             updater(0, g, weight)
-        results[flag] = weight.asnumpy(), [s.asnumpy() for s in state_arrays(updater.states[0])]
-    assert not native_steps, 'a full-size state went to the native path'
+        results[path] = weight.asnumpy(), [s.asnumpy() for s in state_arrays(updater.states[0])]
     # MXNet alone, on a gradient without the frozen rows.
     ref_updater = mx.optimizer.get_updater(mx.optimizer.create(base, learning_rate=0.1, **hyper))
     ref_updater.states[0], ref_updater.states_synced[0] = _copy_state(warm), True
@@ -89,18 +81,17 @@ def test_warm_started_full_size_state_with_lazy_rsp_gradient(base, hyper, monkey
         keep = ids >= 4
         ref_updater(0, _rsp(ids[keep], g[keep]), ref)
     ref_states = [s.asnumpy() for s in state_arrays(ref_updater.states[0])]
-    for flag, (w, states) in results.items():
-        assert_same_bits(ref.asnumpy(), w, 'weight (MASKED_OPT_NATIVE=%s)' % flag)
+    for path, (w, states) in results.items():
+        assert_same_bits(ref.asnumpy(), w, 'weight (step_path=%s)' % path)
         assert_same_bits(w0[:4], w[:4], 'frozen rows')
         for a, b, s0 in zip(ref_states, states, state_arrays(warm), strict=True):
-            assert_same_bits(a, b, 'state (MASKED_OPT_NATIVE=%s)' % flag)
+            assert_same_bits(a, b, 'state (step_path=%s)' % path)
             assert_same_bits(s0.asnumpy()[:4], b[:4], 'frozen state rows')
 
 
 @pytest.mark.parametrize('base,hyper', [('adam', {}), ('sgd', {'momentum': 0.9})])
 @pytest.mark.parametrize('mask', ['rows', 'cols'])
-def test_float16_multi_precision_next_to_the_native_path(base, hyper, mask, monkeypatch,
-                                                         native_steps):
+def test_float16_multi_precision_next_to_the_native_path(base, hyper, mask):
     """float16 weights with multi_precision (the float32 master copy lives in the state):
     both paths give the same bits, frozen entries keep theirs, and with Adam (whose
     multi_precision row_sparse update is lazy in MXNet) the trainable entries and the master
@@ -112,20 +103,24 @@ def test_float16_multi_precision_next_to_the_native_path(base, hyper, mask, monk
     w0 = rng.normal(size=(V, D)).astype('float16')
     grads, raw = _grads('float16')
     results = {}
-    for flag in ('0', '1'):
-        monkeypatch.setenv('MASKED_OPT_NATIVE', flag)
+    for path in ('pure', 'auto', 'native'):
         opt = mo.Masked(base=base, masks={NAME: m}, param_idx2name={0: NAME},
                         learning_rate=0.1, multi_precision=True, **hyper)
+        opt.step_path = path
         updater = mx.optimizer.get_updater(opt)
         weight = mx.nd.array(w0, dtype='float16')
+        if path == 'native':   # not served: the lazy kernel and the float32 master copy
+            with pytest.raises(ValueError, match='multi_precision'):
+                updater(0, grads[0], weight)
+            assert_same_bits(w0, weight, 'weight after the refusal')
+            continue
         for g in grads:
             updater(0, g, weight)
-        results[flag] = weight.asnumpy(), [s.asnumpy() for s in state_arrays(updater.states[0])]
-    assert not native_steps, 'float16 multi_precision went to the native path'
-    (w_pure, s_pure), (w_fast, s_fast) = results['0'], results['1']
-    assert_same_bits(w_pure, w_fast, 'weight, native vs pure')
+        results[path] = weight.asnumpy(), [s.asnumpy() for s in state_arrays(updater.states[0])]
+    (w_pure, s_pure), (w_fast, s_fast) = results['pure'], results['auto']
+    assert_same_bits(w_pure, w_fast, 'weight, auto vs pure')
     for a, b in zip(s_pure, s_fast, strict=True):
-        assert_same_bits(a, b, 'state, native vs pure')
+        assert_same_bits(a, b, 'state, auto vs pure')
     frozen = np.ones((V, D), bool)
     frozen[rows, cols] = False
     assert_same_bits(w0[frozen], w_fast[frozen], 'frozen entries')
@@ -149,7 +144,7 @@ def test_float16_multi_precision_next_to_the_native_path(base, hyper, mask, monk
 
 
 @pytest.mark.parametrize('mask', ['rows', 'cols'])
-def test_one_index_updated_with_a_second_weight_array(mask, monkeypatch, native_steps):
+def test_one_index_updated_with_a_second_weight_array(mask):
     """The native path keeps a view of the weight it was given; an index later updated with
     another array (a copy, a reloaded parameter) must update that array, not the first."""
     m = mo.train_rows_from(4) if mask == 'rows' else mo.train_cols(range(1, 3))
@@ -157,10 +152,10 @@ def test_one_index_updated_with_a_second_weight_array(mask, monkeypatch, native_
     w0 = rng.normal(size=(V, D)).astype('float32')
     grads, _ = _grads(steps=4)
     results = {}
-    for flag in ('0', '1'):
-        monkeypatch.setenv('MASKED_OPT_NATIVE', flag)
+    for path in ('pure', 'native'):
         opt = mo.Masked(base='adam', masks={NAME: m}, param_idx2name={0: NAME},
                         learning_rate=0.1)
+        opt.step_path = path
         updater = mx.optimizer.get_updater(opt)
         first = mx.nd.array(w0)
         for g in grads[:2]:
@@ -170,7 +165,6 @@ def test_one_index_updated_with_a_second_weight_array(mask, monkeypatch, native_
         for g in grads[2:]:
             updater(0, g, second)
         assert_same_bits(after_first, first, 'the first array after the switch')
-        results[flag] = second.asnumpy()
-    assert len(native_steps) == 4, 'the native path did not run every step'
-    assert_same_bits(results['0'], results['1'], 'the second array, native vs pure')
-    assert not np.array_equal(results['1'], after_first), 'the second array did not train'
+        results[path] = second.asnumpy()
+    assert_same_bits(results['pure'], results['native'], 'the second array, native vs pure')
+    assert not np.array_equal(results['native'], after_first), 'the second array did not train'

@@ -13,7 +13,11 @@ import numpy as np
 
 from .model import BOOK, MEMBER
 
-__all__ = ['check_target', 'plot_report']
+__all__ = ['check_target', 'plot_report', 'PLOT_REQUIREMENTS']
+
+#: What ``--plot`` needs, as pinned in pyproject.toml (a test keeps the two equal): a bare
+#: matplotlib left unpinned would bring numpy 2 and break ``import mxnet``.
+PLOT_REQUIREMENTS = ('matplotlib>=3.8,<3.11', 'contourpy>=1.0.1,<1.3.3')
 
 
 class PlotError(ValueError):
@@ -25,8 +29,10 @@ def check_target(path):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise PlotError("--plot needs matplotlib, which is not installed: pip install "
-                        "matplotlib (from a checkout: pip install '.[plot]')") from None
+        raise PlotError('--plot needs matplotlib, a dependency of masked_opt missing here (an '
+                        'install with --no-deps?): pip install %s (versions that keep numpy '
+                        '< 1.24, which mxnet 1.9.1 needs)'
+                        % ' '.join("'%s'" % r for r in PLOT_REQUIREMENTS)) from None
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise PlotError('--plot %s: folder %s does not exist' % (path, folder))

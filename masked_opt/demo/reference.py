@@ -20,7 +20,7 @@ Floors
 Examples
 --------
 >>> import numpy as np
->>> from masked_opt.data import Ratings
+>>> from masked_opt.demo.data import Ratings
 >>> from masked_opt.demo.reference import fold_in, objective
 >>> users = np.array([[1.0, 0.0], [0.0, 1.0]])        # two frozen users
 >>> items = np.zeros((1, 2))                            # one new item (row 0, n_old_items 0)
@@ -175,7 +175,7 @@ def bias_only(train, n_users, n_items, lam, *, sweeps=30):
     Examples
     --------
     >>> import numpy as np
-    >>> from masked_opt.data import Ratings
+    >>> from masked_opt.demo.data import Ratings
     >>> from masked_opt.demo.reference import bias_only
     >>> r = Ratings(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1]), np.array([1., 2., 3., 4.]))
     >>> np.round(bias_only(r, 2, 2, 1e-9)(r), 6).tolist()       # additive data: exact
