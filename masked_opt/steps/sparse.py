@@ -22,6 +22,7 @@ from mxnet import ndarray as nd
 from mxnet.base import _LIB, NDArrayHandle, check_call
 from mxnet.context import cpu
 
+from ..row_ids import check_row_ids
 from ..update import storage_view
 from .base import BlockStep
 
@@ -105,6 +106,7 @@ class SparseRows(BlockStep):
         self._views = {}   # id(row_sparse array) -> (array, dense storage view), this step
         if lazy:
             ids = _host_row_ids(grad)
+            check_row_ids(ids, plan.shape[0], plan.name)   # before anything is written
             hit, pos = plan.positions(ids)
             rows = ids[hit]
         else:
