@@ -468,3 +468,20 @@ def test_masked_paths_take_the_lookups_gradient(path):
         out.append({k: p.data().asnumpy() for k, p in net.collect_params().items()})
     for k in out[0]:
         assert_same_bits(out[0][k], out[1][k], k)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.dtype('float64'), 'float64'])
+def test_gluon_layer_with_a_numpy_dtype(dtype):
+    """nn.Embedding(dtype=np.float32): MXNet passes a library operator str(np.float32), which
+    names no dtype; the converted layer gives the dtype's name and MXNet's output bits."""
+    ref = mx.gluon.nn.Embedding(NI, D, sparse_grad=True, dtype=dtype)
+    ref.initialize(mx.init.Uniform(0.5))
+    net = mx.gluon.nn.Embedding(NI, D, sparse_grad=True, dtype=dtype)
+    net.initialize()
+    net.weight.set_data(ref.weight.data())
+    mo.convert_embeddings(net)
+    ids = mx.nd.array([3, 1, 3])
+    for hybrid in (False, True):
+        if hybrid:
+            net.hybridize()
+        assert_same_bits(ref(ids), net(ids), 'output')
