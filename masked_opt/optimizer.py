@@ -28,12 +28,11 @@ given (see ``_FORWARDED``).
 """
 import fnmatch
 
-import numpy as np
 from mxnet import optimizer as mx_opt
 
 from . import server as _server
 from .frozen import StandIns
-from .masks import as_mask
+from .masks import as_mask, require_floating
 from .native_step import block_ranges, choose_sparse_step
 from .positions import PositionHistory, stale_plan_error
 from .state_shapes import (
@@ -301,9 +300,7 @@ class Masked(mx_opt.Optimizer):
         return plan
 
     def _build_plan(self, name, weight, mask):
-        if not np.issubdtype(np.dtype(weight.dtype), np.floating):
-            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
-                            "(float16, float32 or float64)" % (name, np.dtype(weight.dtype)))
+        require_floating(name, weight.dtype)
         rows, cols = mask.resolve(weight.shape, name)
         if rows is None and cols is None:
             return None  # the mask trains everything: the wrapped optimizer alone
