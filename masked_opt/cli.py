@@ -145,7 +145,8 @@ def _parser():
                           help='synthetic data: how many new %s (default %d); with --data: the '
                           'share of %s ids held out at random as new ones (e.g. 0.1), instead '
                           'of the time split' % (key[4:], SYNTHETIC[key], key[4:-1]))
-    demo.add_argument('--no-progress', action='store_true', help='no progress bars')
+    demo.add_argument('--no-progress', action='store_true', help='no progress bar (one bar for '
+                      'the whole run: seed, stage and the time left in all)')
     return parser
 
 
@@ -244,6 +245,9 @@ def main(argv=None):
         if args.command == 'info':
             print(native_info())
             return 0
+        # MXNet logs "Subgraph backend MKLDNN is activated." at every bind, ten times a seed,
+        # into the progress bar; read at bind time, so setting it here is early enough.
+        os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
         if args.plot:
             from .demo.plot import check_target
             check_target(args.plot)

@@ -1,60 +1,13 @@
-"""A stand-in for a parameter of which nothing trains this step, so its neighbours stay exact.
+"""Former home of the stand-ins, now :mod:`masked_opt.steps.stand_in`.
 
-MXNet alone calls the optimizer for every parameter with a gradient, and some optimizers keep
-state *across* parameters that moves on every call, whatever the arrays hold:
+Kept so that an optimizer pickled by an earlier version (whose ``Trainer.save_states`` or
+``Module.save_optimizer_states`` file names ``masked_opt.frozen.StandIns``) still loads; the
+stand-ins unpickle empty either way.
 
-- Nadam multiplies its momentum schedule ``m_schedule`` on every ``update`` call;
-- LARS sets ``last_lr``/``cur_lr`` on every call (one call per multi-tensor group), and the
-  momentum correction of the next call reads them;
-- every optimizer counts the update of the index (``_update_count``), which moves
-  ``num_update`` and so the learning-rate schedule, and which Adam-like optimizers use as the
-  step ``t`` of that parameter when it trains again (staged unfreezing);
-- LBSGD reads the learning rate before counting, so the order of the counts matters.
-
-Two cases train nothing of a masked parameter in a step: a mask that freezes every entry, and
-a row_sparse gradient that holds none of the trainable rows (lazy updates, pure path).
-Skipping the call in either would give its unmasked neighbours other bits than the wrapped
-optimizer alone (contract C4). So the wrapped optimizer is called for the parameter, in
-the same place of the call sequence and of the multi-tensor group, with a tiny stand-in: one
-row of zeros, a zero gradient and a state of its own made once. The result is discarded; the
-real weight and its state are never handed over, so frozen entries keep their bits (C1), and
-the cost is one row per step (C6).
-
-Exact for every optimizer MXNet 1.9.1 registers but one: SGLD adds Gaussian noise drawn from one
-shared stream, and how far the stream advances depends on the size of each draw. Matching it
-would mean drawing noise for the whole frozen table every step; the stand-in draws one row
-(as a partly masked parameter draws noise for its block only), so SGLD's later parameters get
-other noise than with SGLD alone. Everything else in SGLD (counts, learning rates, the
-gradient step) is as with SGLD alone.
+>>> from masked_opt.frozen import StandIns
+>>> StandIns.__module__
+'masked_opt.steps.stand_in'
 """
-from mxnet import ndarray as nd
+from .steps.stand_in import StandIns  # noqa: F401
 
-__all__ = ['StandIns']
-
-
-class StandIns(dict):
-    """``{(index, context, dtype, trailing shape, multi_precision): (weight, grad, state)}``.
-
-    Pickles empty (a stand-in's values never matter, and device arrays belong to this process).
-    Cleared when the wrapped optimizer is replaced (``Trainer.load_states`` adopts the file's):
-    a state made by one optimizer does not fit another.
-    """
-
-    base = None
-
-    def __reduce__(self):
-        return (StandIns, ())
-
-    def arrays(self, base, index, weight, multi_precision):
-        """The stand-in weight, gradient and state for ``index`` (made on first use)."""
-        if self.base is not base:
-            self.clear()
-            self.base = base
-        tail = tuple(weight.shape[1:])
-        key = (index, weight.context, str(weight.dtype), tail, bool(multi_precision))
-        if key not in self:
-            w = nd.zeros((1,) + tail, ctx=weight.context, dtype=weight.dtype)
-            g = nd.zeros((1,) + tail, ctx=weight.context, dtype=weight.dtype)
-            create = base.create_state_multi_precision if multi_precision else base.create_state
-            self[key] = (w, g, create(index, w))
-        return self[key]
+__all__ = []

@@ -8,17 +8,14 @@ Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision` -> ``_d
    a weight whose shape or array no longer matches is refused). MXNet's Updater hands the
    wrapper a whole step at once (``_WHOLE_STEP``), so every mask is resolved and checked
    before any weight is written.
-2. :meth:`Masked._prepare` turns a masked parameter into its trainable block. One strategy
-   per case: the plan itself for a dense gradient; for a row_sparse gradient (lazy),
-   :func:`~masked_opt.native_step.choose_sparse_step` picks the native lazy-kernel strategy
-   (:class:`~masked_opt.native_step.NativeBlockStep`: masked_opt's operators, no host read)
-   where it gives the pure path's bits, else the pure
-   :class:`~masked_opt.update.SparseStep`. Each gathers (or views) the block of the weight,
-   gradient and state; the state exists only for the block.
+2. :func:`masked_opt.steps.choose` picks the step strategy of each parameter (dense block,
+   pure or native row_sparse, stand-in; see :mod:`masked_opt.steps`), and its ``prepare``
+   gathers (or views) the block of the weight, gradient and state; the state exists only for
+   the block.
 3. ``_dispatch`` makes the very calls the wrapped optimizer (``self.base``) would get from
    MXNet alone -- same order, same multi-tensor groups -- with blocks standing in for masked
    parameters; unmasked parameters pass through untouched.
-4. ``_Step.finish`` blends fractional scales and scatters each block back into its weight
+4. ``Prepared.finish`` blends fractional scales and scatters each block back into its weight
    (and a full-size state, when one was handed over).
 
 The wrapper keeps no optimizer settings of its own: learning rate, ``rescale_grad``, ``wd``,
@@ -27,22 +24,16 @@ the properties below forward them, because Module and Trainer set them on the ob
 given (see ``_FORWARDED``).
 """
 import fnmatch
+import functools
 
 from mxnet import optimizer as mx_opt
 
 from . import server as _server
-from .frozen import StandIns
 from .masks import as_mask, require_floating
-from .native_step import block_ranges, choose_sparse_step
 from .positions import PositionHistory, stale_plan_error
-from .state_shapes import (
-    check_weight_shaped,
-    is_full_size,
-    map_state,
-    master_copy,
-    master_position,
-    zip_state,
-)
+from .state_shapes import check_weight_shaped, is_full_size, master_position
+from .steps import check_path, choose
+from .steps.stand_in import StandIns
 from .update import BlockPlan
 
 __all__ = ['Masked']
@@ -56,7 +47,7 @@ _FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'mult
 # The wrapper's own fields; every other attribute written on it that the wrapped optimizer
 # has is written there (Masked.__setattr__).
 _OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_positions', '_server',
-                         '_dist', '_stand_ins'})
+                         '_dist', '_stand_ins', '_step_path'})
 
 # What the wrapper reports as its aggregate_num: large, so that MXNet's Updater hands it every
 # parameter of a step in one call. All masks are then resolved before any weight is written
@@ -191,6 +182,22 @@ class Masked(mx_opt.Optimizer):
         self._remember_names()
 
     @property
+    def step_path(self):
+        """Which step strategies may run: ``'auto'`` (default), ``'pure'`` or ``'native'``.
+
+        ``'auto'`` takes masked_opt's native row_sparse strategy where it gives the pure
+        path's bits and the library is loaded; ``'pure'`` never does; ``'native'`` requires it
+        for every masked row_sparse update and raises saying why where it does not apply.
+        The bits are the same on every path (see :mod:`masked_opt.steps`); tests and
+        benchmarks use this to run each path on the same case.
+        """
+        return self.__dict__.get('_step_path', 'auto')
+
+    @step_path.setter
+    def step_path(self, value):
+        self.__dict__['_step_path'] = check_path(value)
+
+    @property
     def aggregate_num(self):
         """Parameters per update call: all of them (the wrapped optimizer's own is kept)."""
         return _WHOLE_STEP
@@ -304,9 +311,7 @@ class Masked(mx_opt.Optimizer):
         rows, cols = mask.resolve(weight.shape, name)
         if rows is None and cols is None:
             return None  # the mask trains everything: the wrapped optimizer alone
-        plan = BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
-        plan.native_ranges = block_ranges(plan, weight.dtype)
-        return plan
+        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
 
     # ---- states ----
     @_server.loud_in_kvstore
@@ -343,7 +348,7 @@ class Masked(mx_opt.Optimizer):
             if plan is None:
                 inner(index, weight, grad, state)
                 return
-            step = self._prepare(plan, index, weight, grad, state, multi_precision)
+            step = self._choose(plan, index, weight, grad, state, multi_precision)()
             # With one-element lists when the wrapped optimizer aggregates, as MXNet's
             # Updater calls it: LAMB's single-tensor multi_precision path never updates
             # its float32 master copy in MXNet 1.9.1; its list path does.
@@ -354,19 +359,21 @@ class Masked(mx_opt.Optimizer):
             step.finish()
             return
         # A whole step at once (see _WHOLE_STEP; MaskedUpdater hands over every dtype in one
-        # call). Resolve every mask first, so that a bad one raises before any weight is
-        # written. Then make the very calls the wrapped optimizer would get from MXNet's
-        # Updater alone (updater_calls: same order, same multi-tensor groups) with each masked
-        # parameter's block standing in for the parameter. Order and grouping matter: LBSGD
-        # reads the lr before counting the update, LARS corrects momentum per call, SGLD draws
-        # noise in call order, Nadam's momentum schedule moves at every call.
+        # call). Resolve every mask and choose every step strategy first, so that a bad mask
+        # (or a path that cannot run) raises before any weight is written. Then make the very
+        # calls the wrapped optimizer would get from MXNet's Updater alone (updater_calls: same
+        # order, same multi-tensor groups) with each masked parameter's block standing in for
+        # the parameter. Order and grouping matter: LBSGD reads the lr before counting the
+        # update, LARS corrects momentum per call, SGLD draws noise in call order, Nadam's
+        # momentum schedule moves at every call.
         plans = [self._plan(i, w) for i, w in zip(index, weight, strict=True)]
         for k, plan in enumerate(plans):
             if plan is not None:
                 self._check_state(plan, index[k], weight[k], state[k])
+        chosen = [self._choose(plans[k], index[k], weight[k], grad[k], state[k], multi_precision)
+                  for k in range(len(index))]
         for call in updater_calls(weight, group):
-            steps = [self._prepare(plans[k], index[k], weight[k], grad[k], state[k],
-                                   multi_precision) for k in call]
+            steps = [chosen[k]() for k in call]
             if group > 0:
                 inner([st.index for st in steps], [st.weight for st in steps],
                       [st.grad for st in steps], [st.state for st in steps])
@@ -383,84 +390,33 @@ class Masked(mx_opt.Optimizer):
         it when states are loaded. Walking the state's shapes costs a C call per array, twice
         per parameter per step, which is a visible share of a small sparse step.
         """
-        seen = plan.__dict__.get('_state_seen')
-        if seen is not None and seen[0] is state:
-            return seen[1]
-        full = not plan.empty and is_full_size(state, weight.shape, plan.block_shape)
-        if full:
-            check_weight_shaped(state, weight.shape, plan, self._index_names.get(index, index))
-        plan._state_seen = (state, full)
-        return full
+        def full_size():
+            full = not plan.empty and is_full_size(state, weight.shape, plan.block_shape)
+            if full:
+                check_weight_shaped(state, weight.shape, plan,
+                                    self._index_names.get(index, index))
+            return full
+        return plan.remember('state_seen', state, full_size)
 
-    def _prepare(self, plan, index, weight, grad, state, multi_precision):
-        """What the wrapped optimizer updates for one parameter this step, and how to finish.
-
-        Returns a :class:`_Step` whose arrays go to the wrapped optimizer: a stand-in's
-        (:meth:`_stand_in`) for a fully frozen parameter and for a row_sparse gradient that
-        holds none of the trainable rows this step.
-        """
-        if plan is None:
-            return _Step(index, weight, grad, state, finish=None)
-        if plan.empty:
-            # Nothing trains, but the wrapped optimizer is called as MXNet alone would call it
-            # (update count, Nadam's schedule, LARS's lr): with a stand-in (see frozen.py).
-            return self._stand_in(index, weight, multi_precision)
-        # `sel` says which entries this step reads and writes: the whole block for a dense
-        # gradient, the block's rows present in a row_sparse gradient otherwise (lazy).
-        full_state = self._check_state(plan, index, weight, state)
-        if grad.stype == 'row_sparse':
-            # The native lazy-kernel strategy where it applies, else the pure SparseStep.
-            sel = choose_sparse_step(plan, index, weight, grad, self.base, full_state=full_state,
-                                     multi_precision=multi_precision)
-            if sel.empty:
-                # No trainable row in this batch: nothing of the block moves (lazy), but MXNet
-                # alone would still call the optimizer here, so it gets the stand-in, as for
-                # a fully frozen parameter (counting alone left Nadam's schedule behind).
-                return self._stand_in(index, weight, multi_precision)
-        else:
-            sel = plan
-        w_block = sel.gather_weight(weight)   # dense path: into a buffer reused every step
-        g_block = sel.gather_grad(grad)
-        if full_state:
-            view, store = sel.gather, sel.scatter      # state made for the whole weight
-        else:
-            view, store = sel.state_view, sel.state_store
-        s_block = map_state(view, state)
-        master = m_old = None
-        if sel.fractional:
-            w_old = w_block.copy()
-            master = master_copy(self.base, s_block, w_block, multi_precision)
-            m_old = master.copy() if master is not None else None
-
-        def finish():
-            if sel.fractional:
-                if master is None:
-                    sel.blend(w_block, w_old)
-                else:
-                    # multi_precision: blend the float32 master copy and round it into the
-                    # weight, as every multi_precision step does. Blending the float16 weight
-                    # on its own rounds twice and can leave it a float16 step off its master.
-                    sel.blend(master, m_old)
-                    master.astype(w_block.dtype).copyto(w_block)
-            sel.scatter(w_block, weight)
-            zip_state(store, s_block, state)
-        return _Step(index, w_block, g_block, s_block, finish)
-
-    def _stand_in(self, index, weight, multi_precision):
-        """A step for a parameter of which nothing trains now: the wrapped optimizer updates a
-        one-row stand-in in its place, so that whatever it keeps across parameters moves as
-        with the optimizer alone (C4); the real weight and state are not handed over (C1)."""
+    def _choose(self, plan, index, weight, grad, state, multi_precision):
+        """The step strategy :func:`~masked_opt.steps.choose` picks for one parameter, as a
+        function that prepares what the wrapped optimizer updates (a
+        :class:`~masked_opt.steps.base.Prepared`, whose ``finish`` writes the block back)."""
+        full_state = plan is not None and self._check_state(plan, index, weight, state)
         stand_ins = self.__dict__.get('_stand_ins')
         if stand_ins is None:
             stand_ins = self._stand_ins = StandIns()
-        w, g, s = stand_ins.arrays(self.base, index, weight, multi_precision)
-        return _Step(index, w, g, s, finish=None)
+        step = choose(plan, index, weight, grad, self.base, full_state=full_state,
+                      multi_precision=multi_precision, stand_ins=stand_ins, path=self.step_path)
+        return functools.partial(step.prepare, index, weight, grad, state, base=self.base,
+                                 full_state=full_state, multi_precision=multi_precision)
 
     # ---- pickling (kvstore servers, Trainer.save_states) ----
     def __getstate__(self):
         state = dict(self.__dict__)
         state['_plans'] = {}  # device arrays are rebuilt on whichever process unpickles
         state.pop('_positions', None)   # what this process's arrays looked like
+        state.pop('_stand_ins', None)   # device arrays of this process, made again on use
         state.pop('_server', None)
         if _server.pickling_for_servers():
             state['_dist'] = _server.capture(self)  # names, full shapes: servers see flat keys
@@ -501,19 +457,6 @@ def updater_calls(weights, aggregate_num):
         by_dtype.setdefault(w.dtype, []).append(k)
     return [ks[start:start + aggregate_num] for ks in by_dtype.values()
             for start in range(0, len(ks), aggregate_num)]
-
-
-class _Step:
-    """One parameter's part of an update call: the arrays the wrapped optimizer updates, and
-    ``finish()`` to write a masked block back afterwards (None for an unmasked parameter)."""
-
-    def __init__(self, index, weight, grad, state, finish):
-        self.index, self.weight, self.grad, self.state = index, weight, grad, state
-        self._finish = finish
-
-    def finish(self):
-        if self._finish is not None:
-            self._finish()
 
 
 # Settings that Module, Trainer and the LR schedule set on "the optimizer" reach the wrapped one.

@@ -1,6 +1,6 @@
 """masked_opt's per-step uploads are freed by MXNet, never through Python: exiting is safe.
 
-The regression: the pure row_sparse path (``SparseStep``) uploaded its per-step index arrays
+The regression: the pure row_sparse path (``SparseRows``) uploaded its per-step index arrays
 with ``nd.from_numpy(zero_copy=True)``, whose NDArray frees the numpy buffer through a Python
 callback (``mxnet.ndarray.ndarray.dl_managed_tensor_deleter``), run by whichever thread drops
 the last reference. When that was an engine worker finishing an operator just as Python began
@@ -27,7 +27,7 @@ import pytest
 from mxnet.ndarray import ndarray as mx_ndarray
 
 import masked_opt
-from masked_opt.update import _upload
+from masked_opt.steps.sparse import _upload
 
 _DELETERS = []   # ctypes callbacks must outlive every array that may still call them
 
@@ -62,7 +62,7 @@ SCRIPT = textwrap.dedent('''
     import sys
     import mxnet as mx
     import numpy as np
-    from masked_opt.update import _upload
+    from masked_opt.steps.sparse import _upload
 
     big = mx.nd.ones((1000, 1000))
     ids = _upload(np.arange(1000), mx.cpu(), np.int64)

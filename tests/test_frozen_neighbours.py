@@ -7,8 +7,8 @@ counts behind ``num_update`` and the lr schedule, which LBSGD reads before count
 oracle is the wrapped optimizer alone training *all* parameters on the same gradients; the
 gradients are given, so the neighbours' cannot depend on the frozen parameter's values. Only
 the neighbours are compared (and the frozen parameter keeps its bits). SGLD's noise stream is
-the one documented exception (``masked_opt/frozen.py``); with the noise replaced by zeros it
-is exact too.
+the one documented exception (``masked_opt/steps/stand_in.py``); with the noise replaced by
+zeros it is exact too.
 """
 import warnings
 
@@ -116,8 +116,8 @@ def test_neighbours_of_fully_frozen_parameters_get_the_wrapped_optimizers_bits(
     monkeypatch.setenv('MXNET_OPTIMIZER_AGGREGATION_SIZE', '2')
     if name == 'sgld':
         # SGLD draws noise from one stream whose advance depends on the size of each draw: the
-        # frozen parameter's stand-in draws one row, not the table (frozen.py). Zero noise,
-        # and the draws' scales recorded: the rest of SGLD must be exact.
+        # frozen parameter's stand-in draws one row, not the table (steps/stand_in.py). Zero
+        # noise, and the draws' scales recorded: the rest of SGLD must be exact.
         scales = []
 
         def no_noise(loc, scale, shape, **kwargs):
@@ -238,17 +238,16 @@ def _sparse_ids(t):
     return [0, 1] if t % 2 == 0 else [1, 4]
 
 
-@pytest.mark.parametrize('native_on', [False, True], ids=['pure', 'native'])
+@pytest.mark.parametrize('path', ['pure', 'auto'])
 @pytest.mark.parametrize('name, config', CASE_IDS)
 def test_neighbours_of_a_sparse_batch_without_trainable_rows_get_the_wrapped_optimizers_bits(
-        name, config, native_on, monkeypatch):
+        name, config, path, monkeypatch):
     """A step whose row_sparse gradient holds no trainable row updates nothing of the masked
     parameter, but MXNet alone would still call the optimizer for it: the neighbours must see
     the same call sequence (Nadam's schedule, LARS's lr, the counts). The regression: the
     pure path only counted such a step, so Nadam's neighbours drifted from the first one."""
     warnings.simplefilter('ignore', UserWarning)
     monkeypatch.setenv('MXNET_OPTIMIZER_AGGREGATION_SIZE', '2')
-    monkeypatch.setenv('MASKED_OPT_NATIVE', '1' if native_on else '0')
     if name == 'sgld':
         monkeypatch.setattr(mx.optimizer.optimizer, 'normal',
                             lambda loc, scale, shape, **kw: mx.nd.zeros(
@@ -272,6 +271,7 @@ def test_neighbours_of_a_sparse_batch_without_trainable_rows_get_the_wrapped_opt
 
     masked = mo.Masked(base=name, param_idx2name=idx2name, masks={'e_weight': params[0][2]},
                        **_kwargs(name, config))
+    masked.step_path = path   # 'auto': the native path where it serves the optimizer
     alone = mx.optimizer.create(name, param_idx2name=idx2name, **_kwargs(name, config))
     runs = []
     for opt, sparse in ((masked, True), (alone, False)):

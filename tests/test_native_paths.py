@@ -1,8 +1,8 @@
 """The native lazy-kernel path against the pure path: the same bits, weights and states.
 
-The pure row_sparse path (``SparseStep``: host read of the row ids, gather, the wrapped
+The pure row_sparse path (``SparseRows``: host read of the row ids, gather, the wrapped
 optimizer on a dense mini-block, scatter) is the reference, as torch.optim's plain loop is for
-its fused kernels. The native path (``NativeBlockStep``: masked_opt's operators re-key the
+its fused kernels. The native path (``NativeRows``: masked_opt's operators re-key the
 gradient on the engine and the wrapped optimizer's own lazy kernel updates a view of the
 weight) must give the same bits for every optimizer it serves, on every drawn case: SGD with
 and without momentum and Adam; wd, clip_gradient, rescale_grad, an lr schedule; rows, columns
@@ -10,9 +10,10 @@ and both; float16/32/64; NaN and +-Inf in the gradient at frozen entries and in 
 batches without a trainable row; several steps (Adam's bias correction and the schedule read
 the update counts, which are compared too).
 
-Every native run also checks that the native path really ran (a spy on ``NativeBlockStep``),
-and every pure run that it did not: a test that silently compared the pure path with itself
-would pass whatever the native code did.
+Each side runs on a path forced with ``step_path`` (``'pure'``, ``'native'``; see
+:mod:`masked_opt.steps`), as torch.optim's tests force ``foreach``: ``'native'`` raises where
+the native strategy does not apply, so a test that silently compared the pure path with itself
+cannot pass.
 """
 import mxnet as mx
 import numpy as np
@@ -24,31 +25,13 @@ from models import GluonMF
 from mxnet import autograd, gluon
 
 import masked_opt as mo
-from masked_opt import native, native_step
+from masked_opt import native
 
 NAME = 'table_weight'   # ends in _weight: MXNet applies wd to it
 
 if not native.available():   # never in CI: MASKED_OPT_REQUIRE_NATIVE=1 fails the run (conftest)
     pytest.skip('native library not available: %s' % native.status().reason,
                 allow_module_level=True)
-
-
-def _spy_on_native_steps(patch):
-    """Count NativeBlockStep constructions (how many updates took the native path) while
-    ``patch`` (a MonkeyPatch) is active; returns the list that grows by one per update."""
-    calls = []
-    original = native_step.NativeBlockStep.__init__
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        original(self, *args, **kwargs)
-    patch.setattr(native_step.NativeBlockStep, '__init__', counting)
-    return calls
-
-
-@pytest.fixture
-def spy(monkeypatch):
-    return _spy_on_native_steps(monkeypatch)
 
 
 def _rsp(ids, values, shape, dtype):
@@ -89,9 +72,9 @@ def cases(draw):
     hyper['learning_rate'] = draw(st.sampled_from([0.1, 0.01]))
     hyper['wd'] = draw(st.sampled_from([0.0, 1e-2]))
     hyper['rescale_grad'] = draw(st.sampled_from([1.0, 0.25]))
-    if draw(st.booleans()) and base != 'adam':   # clipped Adam: pure path (native_step)
+    if draw(st.booleans()) and base != 'adam':   # clipped Adam: pure path only
         hyper['clip_gradient'] = 0.5
-    if base == 'sgd':   # plain SGD with wd: pure path (native_step)
+    if base == 'sgd':   # plain SGD with wd: pure path only
         hyper['wd'] = 0.0
     if draw(st.booleans()):
         hyper['lr_scheduler'] = mx.lr_scheduler.FactorScheduler(step=2, factor=0.5)
@@ -123,8 +106,7 @@ def cases(draw):
                 weight=weight, grads=grads, lo=lo, hi=hi, c0=c0, c1=c1)
 
 
-def _run(case, monkeypatch, native_on):
-    monkeypatch.setenv('MASKED_OPT_NATIVE', '1' if native_on else '0')
+def _run(case, path):
     hyper = dict(case['hyper'])
     if 'lr_scheduler' in hyper:   # a fresh schedule per run: it counts updates itself
         sched = hyper['lr_scheduler']
@@ -132,6 +114,7 @@ def _run(case, monkeypatch, native_on):
                                                                 factor=sched.factor)
     opt = mo.Masked(base=case['base'], masks={NAME: case['mask']}, param_idx2name={0: NAME},
                     **hyper)
+    opt.step_path = path
     updater = mx.optimizer.get_updater(opt)
     dtype = case['dtype']
     weight = mx.nd.array(case['weight'], dtype=dtype)
@@ -143,12 +126,8 @@ def _run(case, monkeypatch, native_on):
 
 @given(case=cases())
 def test_native_equals_pure_on_the_bits(case):
-    with pytest.MonkeyPatch.context() as patch:   # not the fixture: hypothesis reruns the body
-        calls = _spy_on_native_steps(patch)
-        pure = _run(case, patch, native_on=False)
-        assert not calls, 'MASKED_OPT_NATIVE=0 still took the native path'
-        fast = _run(case, patch, native_on=True)
-        assert len(calls) == len(case['grads']), 'the native path did not run every step'
+    pure = _run(case, 'pure')
+    fast = _run(case, 'native')   # raises at a step the native path does not serve
     assert_same_bits(pure[0], fast[0], 'weight')
     for a, b in zip(state_arrays(pure[1]), state_arrays(fast[1]), strict=True):
         assert_same_bits(a, b, 'state')
@@ -161,23 +140,23 @@ def test_native_equals_pure_on_the_bits(case):
     assert_same_bits(w0[frozen], fast[0].asnumpy()[frozen], 'frozen entries')
 
 
-def test_native_path_moves_trainable_rows(spy):
+def test_native_path_moves_trainable_rows():
     """Control: the native path trains (a no-op kernel would pass the equality test only if
     the pure path did nothing too)."""
     opt = mo.Masked(base='adam', learning_rate=0.1, masks={NAME: mo.train_rows_from(6)},
                     param_idx2name={0: NAME})
+    opt.step_path = 'native'
     updater = mx.optimizer.get_updater(opt)
     weight = mx.nd.zeros((10, 3))
     updater(0, _rsp(np.array([1, 7]), np.ones((2, 3)), (10, 3), 'float32'), weight)
     w = weight.asnumpy()
-    assert spy and (w[7] != 0).all() and (w[:6] == 0).all() and (w[8:] == 0).all()
+    assert (w[7] != 0).all() and (w[:6] == 0).all() and (w[8:] == 0).all()
 
 
 @pytest.mark.parametrize('base,params', [('sgd', {'momentum': 0.9}), ('adam', {})])
-def test_gluon_trainer_native_equals_pure(base, params, monkeypatch, spy):
+def test_gluon_trainer_native_equals_pure(base, params):
     """The whole Gluon path (hybridized sparse_grad Embeddings, two masked tables, Trainer)."""
-    def run(flag):
-        monkeypatch.setenv('MASKED_OPT_NATIVE', flag)
+    def run(path):
         mx.random.seed(5)
         net = GluonMF(30, 20, 8, sparse_grad=True)
         net.initialize(mx.init.Uniform(0.5))
@@ -186,6 +165,7 @@ def test_gluon_trainer_native_equals_pure(base, params, monkeypatch, spy):
             params, base=base, learning_rate=0.05, wd=1e-3,
             masks={net.book.weight: mo.train_rows_from(15),
                    net.user.weight: mo.train_cols(range(6, 8))}))
+        trainer.optimizer.step_path = path   # 'native': every masked update, or it raises
         rng = np.random.RandomState(1)
         for _ in range(5):
             member = mx.nd.array(rng.randint(0, 30, 16))
@@ -196,28 +176,35 @@ def test_gluon_trainer_native_equals_pure(base, params, monkeypatch, spy):
             trainer.step(16)
         return [p.data().asnumpy() for p in net.collect_params().values()]
 
-    pure = run('0')
-    assert not spy
-    fast = run('1')
-    assert len(spy) == 10   # two masked tables x five steps
+    pure = run('pure')
+    fast = run('native')
     for a, b in zip(pure, fast, strict=True):
         assert_same_bits(a, b, 'parameter')
 
 
-def test_not_served_cases_take_the_pure_path(spy):
-    """Non-contiguous rows, fractional scales, other optimizers, lazy_update=False: pure."""
+def test_not_served_cases_take_the_pure_path():
+    """Non-contiguous rows, fractional scales, other optimizers, lazy_update=False: pure.
+    Forcing the native path on them raises, saying why; 'auto' runs them on the pure path."""
     grad = _rsp(np.array([1, 7]), np.ones((2, 3)), (10, 3), 'float32')
-    for base, kw, mask in [('adam', {}, mo.train_rows([6, 8])),
-                           ('adam', {}, mo.scale_rows(np.linspace(0, 1, 10))),
-                           ('rmsprop', {}, mo.train_rows_from(6)),
-                           ('adam', {'lazy_update': False}, mo.train_rows_from(6)),
-                           ('sgd', {'momentum': 0.9, 'lazy_update': False},
-                            mo.train_cols([0, 1])),
-                           # Their lazy kernels round differently from the pure path's:
-                           ('adam', {'clip_gradient': 0.5}, mo.train_rows_from(6)),
-                           ('sgd', {'wd': 1e-3}, mo.train_rows_from(6))]:
-        opt = mo.Masked(base=base, learning_rate=0.1, masks={NAME: mask},
-                        param_idx2name={0: NAME}, **kw)
-        updater = mx.optimizer.get_updater(opt)
-        updater(0, grad, mx.nd.zeros((10, 3)))
-    assert not spy
+    for base, kw, mask, why in [
+            ('adam', {}, mo.train_rows([6, 8]), 'one range of rows'),
+            ('adam', {}, mo.scale_rows(np.linspace(0, 1, 10)), '0/1 scales'),
+            ('rmsprop', {}, mo.train_rows_from(6), 'RMSProp'),
+            ('adam', {'lazy_update': False}, mo.train_rows_from(6), 'Adam'),
+            ('sgd', {'momentum': 0.9, 'lazy_update': False}, mo.train_cols([0, 1]), 'SGD'),
+            # Their lazy kernels round differently from the pure path's:
+            ('adam', {'clip_gradient': 0.5}, mo.train_rows_from(6), 'Adam'),
+            ('sgd', {'wd': 1e-3}, mo.train_rows_from(6), 'SGD')]:
+        for path in ('native', 'auto'):
+            opt = mo.Masked(base=base, learning_rate=0.1, masks={NAME: mask},
+                            param_idx2name={0: NAME}, **kw)
+            opt.step_path = path
+            updater = mx.optimizer.get_updater(opt)
+            weight = mx.nd.zeros((10, 3))
+            if path == 'native':
+                with pytest.raises(ValueError, match="path='native' cannot update") as err:
+                    updater(0, grad, weight)
+                assert why in str(err.value)
+                assert (weight.asnumpy() == 0).all(), 'written before the error'
+            else:
+                updater(0, grad, weight)

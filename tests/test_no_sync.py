@@ -123,8 +123,8 @@ def _gluon_run(base, params, guard, sparse_grad=False, masks='fractional'):
         % native.status().reason)),
     pytest.param(True, 'fractional', id='row-sparse-grad-pure', marks=pytest.mark.xfail(
         strict=True, raises=HostSync, reason=(
-            'known C7 deviation of the pure path, documented in masked_opt/update.py '
-            '(SparseStep): a fractional or non-contiguous mask on a row_sparse gradient reads '
+            'known C7 deviation of the pure path, documented in masked_opt/steps/sparse.py '
+            '(SparseRows): a fractional or non-contiguous mask on a row_sparse gradient reads '
             'grad.indices on the host once per step, because MXNet 1.9.1 has no operator that '
             'selects the batch rows that are also trainable'))),
 ])

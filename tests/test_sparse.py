@@ -631,7 +631,7 @@ SYNC_CALLS = ('MXNDArraySyncCopyToCPU', 'MXNDArraySyncCopyFromCPU', 'MXNDArrayWa
 PER_STEP_DENSE_WEIGHT = {'MXNDArrayGetAuxNDArray': 1, 'MXNDArraySyncCopyToCPU': 1}
 # With a row_sparse weight (SparseEmbedding) MXNet offers no exact write into it, so its rows
 # are read and written through a dense view of its storage, between to_dlpack_for_write's wait
-# for pending reads and writes and a wait for the view's writes (update._storage_view).
+# for pending reads and writes and a wait for the view's writes (update.storage_view).
 _RSP = dict(PER_STEP_DENSE_WEIGHT, MXNDArrayWaitToWrite=1, MXNDArrayWaitToRead=1)
 PER_STEP_RSP_WEIGHT = {'rows': _RSP, 'cols': _RSP}
 
@@ -651,7 +651,7 @@ def count_host_syncs(monkeypatch):
         yield counts
 
 
-def _stepper(stype, grad_stype, mask, base):
+def _stepper(stype, grad_stype, mask, base, path):
     """Direct optimizer steps on one (30, 4) table; returns a function doing one step."""
     shape = (30, 4)
     rng = np.random.RandomState(0)
@@ -661,6 +661,7 @@ def _stepper(stype, grad_stype, mask, base):
     extra = {'momentum': 0.9} if base == 'sgd' else {}
     opt = mo.Masked(base=base, learning_rate=0.1, masks={NAME: spec}, param_idx2name={0: NAME},
                     **extra)
+    opt.step_path = path
     state = opt.create_state_multi_precision(0, weight)
 
     def grad():
@@ -684,22 +685,22 @@ def test_host_reads_are_pinned(monkeypatch, base, mask, path):
     weight; 'both' is not contiguous and row_sparse weights are not served: pure)."""
     if path == 'native' and not mo.native.available():
         pytest.skip('native library not available: %s' % mo.native.status().reason)
-    monkeypatch.setenv('MASKED_OPT_NATIVE', '1' if path == 'native' else '0')
+    path = {'native': 'auto', 'pure': 'pure'}[path]   # 'auto': native where it serves
     steps = 3
-    run = _stepper('default', 'default', mask, base)
+    run = _stepper('default', 'default', mask, base, path)
     with count_host_syncs(monkeypatch) as counts:
         run()
     assert dict(counts) == {}, 'dense path synced: %s' % dict(counts)
 
-    run = _stepper('default', 'row_sparse', mask, base)
+    run = _stepper('default', 'row_sparse', mask, base, path)
     with count_host_syncs(monkeypatch) as counts:
         run()
-    if path == 'native' and mask != 'both':
+    if path == 'auto' and mask != 'both':
         assert dict(counts) == {}, 'native path synced: %s' % dict(counts)
     else:
         assert dict(counts) == {k: steps * v for k, v in PER_STEP_DENSE_WEIGHT.items()}
 
-    run = _stepper('row_sparse', 'row_sparse', mask, base)
+    run = _stepper('row_sparse', 'row_sparse', mask, base, path)
     with count_host_syncs(monkeypatch) as counts:
         run()
     expected = PER_STEP_RSP_WEIGHT['rows' if mask == 'rows' else 'cols']
@@ -718,12 +719,12 @@ def test_host_sync_counter_counts(monkeypatch):
 def test_host_reads_per_trainer_step_are_one_per_masked_parameter(monkeypatch):
     """Gluon Trainer.step with two masked row_sparse parameters on the pure path: the row-id
     read twice, and nothing else blocks (Trainer's own work included)."""
-    monkeypatch.setenv('MASKED_OPT_NATIVE', '0')
     net = GluonMF(N_USERS, N_ITEMS, DIM, sparse_grad=True)
     net.initialize(mx.init.Uniform(0.5))
     trainer = gluon.Trainer(net.collect_params(), 'masked', {
         'base': 'adam', 'learning_rate': 0.01,
         'masks': {net.book.weight: mo.train_rows_from(N_OLD), net.user.weight: mo.train_cols([3])}})
+    trainer.optimizer.step_path = 'pure'
     for k, (member, book) in enumerate(_batches(seed=3)):
         with autograd.record():
             loss = (net(member, book) ** 2).sum()

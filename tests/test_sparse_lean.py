@@ -4,7 +4,7 @@
   every entry keeps or takes its exact bits: frozen entries holding +-Inf, NaN with a payload,
   a signalling NaN or -0.0 in a trained row stay as they were, and trainable entries equal the
   same update of a dense weight bit for bit (``test_row_sparse_weight_keeps_special_bits``).
-- The per-step uploads of :class:`~masked_opt.update.SparseStep` are pinned: one per step
+- The per-step uploads of :class:`~masked_opt.steps.sparse.SparseRows` are pinned: one per step
   whatever the mask (``test_uploads_per_sparse_step_are_one``).
 - The host table of a plan is O(trainable rows), not O(rows) (``test_plan_host_memory``).
 - An aligned column group is gathered and scattered through the ``(V*D/k, k)`` view of the
@@ -17,6 +17,7 @@ from bits import as_bits, assert_same_bits, state_arrays
 
 import masked_opt as mo
 from masked_opt import update as mo_update
+from masked_opt.steps import sparse as sparse_step
 
 NAME = 'table_weight'
 
@@ -87,20 +88,20 @@ MASKS = {
 @pytest.mark.parametrize('lazy', [True, False])
 @pytest.mark.parametrize('mask', list(MASKS))
 def test_uploads_per_sparse_step_are_one(monkeypatch, mask, lazy):
-    """Every index array of a SparseStep comes from one packed upload (lazy); none per step
+    """Every index array of a SparseRows step comes from one packed upload (lazy); none per step
     once the plan holds them (lazy_update=False: the same trainable rows every step). The pure
     path: contiguous blocks would otherwise take the native path, which uploads nothing."""
-    monkeypatch.setenv('MASKED_OPT_NATIVE', '0')
     spec, shape = MASKS[mask]
     rng = np.random.RandomState(0)
     opt = mo.Masked(base='sgd', learning_rate=0.1, momentum=0.9, lazy_update=lazy,
                     masks={NAME: spec}, param_idx2name={0: NAME})
+    opt.step_path = 'pure'
     weight = mx.nd.array(rng.normal(size=shape))
     state = opt.create_state(0, weight)
     opt.update(0, weight, _rsp_grad(rng, shape, 12), state)   # builds the plan
     calls = []
-    original = mo_update._upload
-    monkeypatch.setattr(mo_update, '_upload', lambda *a: calls.append(a) or original(*a))
+    original = sparse_step._upload
+    monkeypatch.setattr(sparse_step, '_upload', lambda *a: calls.append(a) or original(*a))
     monkeypatch.setattr(mx.nd, 'array', lambda *a, **k: pytest.fail('nd.array in a step'))
     for _ in range(3):
         opt.update(0, weight, _rsp_grad(rng, shape, 12), state)

@@ -120,8 +120,8 @@ def test_dense_path_keeps_one_block_sized_buffer():
     for _ in range(2):
         opt.update(0, weight, mx.nd.ones((ROWS, DIM)), state)
     (plan,) = opt._plans.values()
-    assert sum(nbytes(b) for b in plan._buffers.values()) == NEW * DIM * 4
-    assert plan._take_rows is None and plan._scatter_index is None
+    assert sum(nbytes(b) for b in plan.buffers()) == NEW * DIM * 4
+    assert plan.index_arrays() == []
 
 
 def test_nbytes_counts_nested_states():
