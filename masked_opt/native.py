@@ -51,15 +51,17 @@ from collections import namedtuple
 
 import mxnet as mx
 
-__all__ = ['ABI', 'LIB_NAME', 'Status', 'available', 'status', 'notify_fallback',
+__all__ = ['ABI', 'LIB_NAME', 'LOOKUP_OP', 'Status', 'available', 'status', 'notify_fallback',
            'rsp_block', 'rsp_block_gather', 'scatter_rows', 'dense_cols']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
 ABI = 6
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
+#: The embedding lookup's operator name (``mx.nd.masked_opt_lookup``; see masked_opt.convert).
+LOOKUP_OP = 'masked_opt_lookup'
 OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows',
-       'masked_opt_dense_cols', 'masked_opt_lookup')
+       'masked_opt_dense_cols', LOOKUP_OP)
 
 REBUILD = ('install a C++ compiler (g++) and reinstall masked_opt from its source with '
            '`pip install --force-reinstall --no-deps .`')
