@@ -311,7 +311,7 @@ class Masked(mx_opt.Optimizer):
         rows, cols = mask.resolve(weight.shape, name)
         if rows is None and cols is None:
             return None  # the mask trains everything: the wrapped optimizer alone
-        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
+        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype, name=name)
 
     # ---- states ----
     @_server.loud_in_kvstore
