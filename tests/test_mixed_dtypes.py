@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from bits import assert_same_bits, state_arrays
 from mxnet import gluon
-from test_exact_all_optimizers import CONFIGS, NO_WD, params_for
+from test_exact_all_optimizers import CONFIGS, NO_FLOAT64, NO_WD, params_for
 
 import masked_opt as mo
 
@@ -115,6 +115,23 @@ def test_no_mask_at_all_mixed_dtypes_is_the_wrapped_optimizer(name, config):
     warnings.simplefilter('ignore', UserWarning)
     params = tuple((n, s, None, d) for n, s, _, d in params_for(name, PARAMS))
     _check_unmasked(params, *_run_both(name, config, params))
+
+
+@pytest.mark.parametrize('name, config', list(_cases(with_masks=False)))
+def test_three_dtypes_no_mask_and_masked_neighbours(name, config):
+    """float64 parameters among the float16 and float32 ones: three dtype groups in MXNet's
+    Updater for an aggregating optimizer, one call order for any other."""
+    warnings.simplefilter('ignore', UserWarning)
+    if name in NO_FLOAT64:
+        pytest.skip('%s cannot train float64 weights even without masked_opt '
+                    '(test_exact_all_optimizers.test_float64_fails_without_masked_opt_too)' % name)
+    params = params_for(name, tuple(
+        (n, s, m, 'float64' if n[0] in 'dg' else d) for n, s, m, d in PARAMS))
+    assert len({p[3] for p in params}) == 3
+    if name not in RANDOM_STREAM:
+        _check_unmasked(params, *_run_both(name, config, params))
+    unmasked = tuple((n, s, None, d) for n, s, _, d in params)
+    _check_unmasked(unmasked, *_run_both(name, config, unmasked))
 
 
 @pytest.mark.parametrize('name, config', list(_cases(with_masks=True)))
