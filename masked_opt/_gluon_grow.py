@@ -5,8 +5,15 @@ arrays and Module's dicts.
 """
 import mxnet as mx
 
-from ._row_init import BIAS_INIT, DEFAULT_INIT, _check_n_new, _new_rows, _rng, _table_kind
-from .grow import _append
+from ._row_init import (
+    BIAS_INIT,
+    DEFAULT_INIT,
+    _check_n_new,
+    _new_rows,
+    _rng,
+    _table_kind,
+    append_rows,
+)
 from .masks import train_rows_from
 
 __all__ = ['grow_embedding', 'grow_dense']
@@ -111,7 +118,7 @@ def _grow_param(param, datas, rows):
     for d in datas:
         flat = len(d.shape) == 1
         table = d.reshape((-1, 1)) if flat else d
-        out = _append(table, _table_kind(table, param.name), rows)
+        out = append_rows(table, _table_kind(table, param.name), rows)
         grown.append(out.reshape((-1,)) if flat else out)
     param._shape = tuple(grown[0].shape)
     param._data = grown

@@ -207,6 +207,11 @@ class Mask:
 
     __hash__ = None
 
+    @property
+    def fractional(self):
+        """True when a factor has scales strictly between 0 and 1 (:func:`scale_rows`, ...)."""
+        return any(isinstance(s, _Scales) for s in self.rows + self.cols)
+
     def __repr__(self):
         parts = []
         if self.rows:
