@@ -21,7 +21,7 @@ Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision` -> ``_d
 The wrapper keeps no optimizer settings of its own: learning rate, ``rescale_grad``, ``wd``,
 ``idx2name``, ``param_dict``, multipliers and update counts live in the wrapped optimizer, and
 the properties below forward them, because Module and Trainer set them on the object they were
-given (see ``_FORWARDED``).
+given (see :mod:`masked_opt._forwarding`).
 """
 import contextlib
 import functools
@@ -30,6 +30,7 @@ import numpy as np
 from mxnet import optimizer as mx_opt
 
 from . import server as _server
+from ._forwarding import ForwardsToBase
 from ._mxnet_workarounds import name_from_callers
 from .masks import as_mask
 from .names import check_mask_keys, key_name, mask_key_for, wrapped_optimizer
@@ -41,35 +42,14 @@ from .update import BlockPlan
 
 __all__ = ['Masked']
 
-# Attributes that MXNet's Module, Trainer, Updater and LR schedule read or write on "the
-# optimizer". They must reach the wrapped optimizer, which does the arithmetic.
-_FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'multi_precision',
-              'lr_mult', 'wd_mult', 'sym_info', 'num_update', 'begin_num_update',
-              '_index_update_count', '_all_index_update_counts')
-
-# The wrapper's own fields; every other attribute written on it that the wrapped optimizer
-# has is written there (Masked.__setattr__).
-_OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_positions', '_server',
-                         '_dist', '_stand_ins', '_step_path'})
-
 # What the wrapper reports as its aggregate_num: large, so that MXNet's Updater hands it every
 # parameter of a step in one call. All masks are then resolved before any weight is written
 # (C8), even when states already exist; the wrapped optimizer still sees its own aggregate_num.
 _WHOLE_STEP = 1 << 30
 
 
-
-def _forward(name):
-    def get(self):
-        return getattr(self.base, name)
-
-    def set_(self, value):
-        setattr(self.base, name, value)
-    return property(get, set_, doc='Forwarded to the wrapped optimizer (``base.%s``).' % name)
-
-
 @mx_opt.register
-class Masked(mx_opt.Optimizer):
+class Masked(ForwardsToBase, mx_opt.Optimizer):
     """Wrap an MXNet optimizer so that it trains only the masked part of some parameters.
 
     Registered as ``'masked'``: use it by name in ``Module.fit`` and ``gluon.Trainer``, or pass
@@ -110,6 +90,11 @@ class Masked(mx_opt.Optimizer):
     >>> bool((new[:8] == old[:8]).all()), bool((new[9] != old[9]).all())
     (True, True)
     """
+
+    # The wrapper's own fields; every other attribute written on it that the wrapped optimizer
+    # has is written there (see ForwardsToBase.__setattr__).
+    own_fields = frozenset({'base', 'masks', '_index_names', '_plans', '_positions', '_server',
+                            '_dist', '_stand_ins', '_step_path'})
 
     def __init__(self, base='sgd', masks=None, **kwargs):  # pylint: disable=super-init-not-called
         # Optimizer.__init__ is deliberately not called: every setting it would create lives in
@@ -169,36 +154,6 @@ class Masked(mx_opt.Optimizer):
     def aggregate_num(self, value):
         self.base.aggregate_num = value
 
-    def __getattr__(self, name):
-        # Reads of hyper-parameters the wrapper does not define (momentum, beta1, ...) go to
-        # the wrapped optimizer. Only called when normal lookup fails.
-        if name.startswith('__') or 'base' not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def __setattr__(self, name, value):
-        # Writes of the wrapped optimizer's hyper-parameters (``trainer.optimizer.momentum =
-        # 0.5``, beta1, epsilon, lazy_update, ...) must reach it: it does the arithmetic. Kept
-        # on the wrapper: its own fields and whatever the class defines (the forwarding
-        # properties run their setters); a name neither knows stays on the wrapper.
-        if (name in _OWN_FIELDS or hasattr(type(self), name) or 'base' not in self.__dict__
-                or not hasattr(self.base, name)):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.base, name, value)
-
-    def _set_current_context(self, device_id):
-        self.base._set_current_context(device_id)
-
-    def set_learning_rate(self, lr):
-        self.base.set_learning_rate(lr)
-
-    def set_lr_mult(self, args_lr_mult):
-        self.base.set_lr_mult(args_lr_mult)
-
-    def set_wd_mult(self, args_wd_mult):
-        self.base.set_wd_mult(args_wd_mult)
-
     # ---- names ----
     def _remember_names(self):
         """Record index -> name from idx2name and param_dict, and check every mask key."""
@@ -208,6 +163,11 @@ class Masked(mx_opt.Optimizer):
 
     # ---- for masked_opt's own modules (server, states, validate, wrappers): the only ways
     # ---- they read or change the wrapper ----
+    @property
+    def plans(self):
+        """``{(index, context): plan or None}`` of every parameter planned so far (a copy)."""
+        return dict(self._plans)
+
     @property
     def index_names(self):
         """``{index: parameter name}`` as far as known now (a copy)."""
@@ -428,9 +388,3 @@ class Masked(mx_opt.Optimizer):
             # A server that cannot import masked_opt must stop, not train without an updater.
             return _server.reduce_for_servers(reduced)
         return reduced
-
-
-# Settings that Module, Trainer and the LR schedule set on "the optimizer" reach the wrapped one.
-for _name in _FORWARDED:
-    setattr(Masked, _name, _forward(_name))
-del _name

@@ -424,7 +424,7 @@ def _remap(name, loaded, saved, fresh, now, shape):
                          'the wrapped optimizer makes (%s); was it saved with another optimizer '
                          'or multi_precision setting? Load states saved with the same base '
                          'optimizer, or do not load optimizer states.'
-                         % (name, _describe(fresh)))
+                         % (name, _structure_of(fresh)))
     if saved is not None and saved.shape != tuple(shape):
         raise ValueError('parameter %r: the loaded optimizer state was saved for a weight of '
                          'shape %s; this weight has shape %s. Optimizer states cannot follow a '
@@ -486,12 +486,12 @@ def _shapes(state):
     return [a.shape for a in _arrays(state)]
 
 
-def _describe(state):
+def _structure_of(state):
     if isinstance(state, NDArray):
         return 'array %s' % (state.shape,)
     if isinstance(state, (list, tuple)):
         return '%s of %d: [%s]' % (type(state).__name__, len(state),
-                                   ', '.join(_describe(s) for s in state))
+                                   ', '.join(_structure_of(s) for s in state))
     return repr(state)
 
 
