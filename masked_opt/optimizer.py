@@ -26,11 +26,10 @@ given (see ``_FORWARDED``).
 import fnmatch
 import functools
 
-import numpy as np
 from mxnet import optimizer as mx_opt
 
 from . import server as _server
-from .masks import as_mask
+from .masks import as_mask, require_floating
 from .positions import PositionHistory, stale_plan_error
 from .state_shapes import check_weight_shaped, is_full_size, master_position
 from .steps import check_path, choose
@@ -308,13 +307,11 @@ class Masked(mx_opt.Optimizer):
         return plan
 
     def _build_plan(self, name, weight, mask):
-        if not np.issubdtype(np.dtype(weight.dtype), np.floating):
-            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
-                            "(float16, float32 or float64)" % (name, np.dtype(weight.dtype)))
+        require_floating(name, weight.dtype)
         rows, cols = mask.resolve(weight.shape, name)
         if rows is None and cols is None:
             return None  # the mask trains everything: the wrapped optimizer alone
-        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
+        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype, name=name)
 
     # ---- states ----
     @_server.loud_in_kvstore

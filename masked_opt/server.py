@@ -28,7 +28,7 @@ import traceback
 
 import numpy as np
 
-from .masks import as_mask
+from .masks import as_mask, require_floating
 
 __all__ = ['ServerSide', 'capture', 'is_split', 'part_range', 'row_part_range', 'element_scales',
            'loud_in_kvstore', 'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE', 'LOG_ENV']
@@ -123,7 +123,7 @@ def pickling_for_servers():
 
 
 def _caller_params():
-    """``{name: (shape, stype, grad_stype)}`` from the Module or Trainer that is pickling us.
+    """``{name: (shape, stype, grad_stype, dtype)}`` from the Module or Trainer pickling us.
 
     Module gives the optimizer names (``idx2name``) but no shapes, and pickles it in
     ``init_optimizer`` before the kvstore knows any key; the shapes are on the Module itself.
@@ -136,10 +136,11 @@ def _caller_params():
         if isinstance(owner, Module) and getattr(owner, '_arg_params', None):
             grads = owner._exec_group.execs[0].grad_dict if owner._exec_group else {}
             return {name: (tuple(arr.shape), arr.stype,
-                           grads[name].stype if name in grads else 'default')
+                           grads[name].stype if name in grads else 'default', arr.dtype)
                     for name, arr in owner._arg_params.items()}
         if isinstance(owner, Trainer):
-            return {p.name: (tuple(p.shape), p._stype, p._grad_stype) for p in owner._params}
+            return {p.name: (tuple(p.shape), p._stype, p._grad_stype, p.dtype)
+                    for p in owner._params}
         frame = frame.f_back
     return {}
 
@@ -163,12 +164,14 @@ def capture(opt):
     ValueError
         When a server could not apply a mask correctly: unknown shapes, a mask that does not
         fit its parameter, or ``Embedding(sparse_grad=True)`` (MXNet's server aborts on it).
+    TypeError
+        A mask on a parameter whose dtype is not floating-point.
     """
-    params = {p.name: (tuple(p.shape), p._stype, p._grad_stype)
+    params = {p.name: (tuple(p.shape), p._stype, p._grad_stype, p.dtype)
               for p in opt.base.param_dict.values()}
     if not params:
         params = _caller_params()
-    for name, (_, stype, grad_stype) in sorted(params.items()):
+    for name, (_, stype, grad_stype, _) in sorted(params.items()):
         if stype == 'default' and grad_stype == 'row_sparse':
             raise ValueError(
                 "parameter '%s' has a dense weight and a row_sparse gradient (e.g. "
@@ -185,7 +188,8 @@ def capture(opt):
             'only, but the full shapes of %s are unknown here. Use it through Module or '
             'gluon.Trainer, which provide them.' % missing)
     for name in masked:
-        shape, stype, _ = params[name]
+        shape, _, _, dtype = params[name]
+        require_floating(name, dtype)
         opt.masks[opt._mask_name_for(name)].resolve(shape, name)  # raises if it does not fit
     bound = os.environ.get('MXNET_KVSTORE_BIGARRAY_BOUND', str(DEFAULT_BIGARRAY_BOUND))
     try:
@@ -193,7 +197,7 @@ def capture(opt):
     except ValueError:
         raise ValueError('MXNET_KVSTORE_BIGARRAY_BOUND must be an integer, received %r'
                          % bound) from None
-    return {'shapes': {n: (shape, stype) for n, (shape, stype, _) in params.items()},
+    return {'shapes': {n: (shape, stype) for n, (shape, stype, _, _) in params.items()},
             'bound': bound}
 
 

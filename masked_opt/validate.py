@@ -21,9 +21,9 @@ raises as usual.
 import functools
 import sys
 
-import numpy as np
 from mxnet.kvstore.kvstore import KVStore
 
+from .masks import require_floating
 from .optimizer import Masked
 
 __all__ = ['check_masks', 'known_params']
@@ -64,9 +64,7 @@ def check_masks(opt):
         if key is None:
             continue
         shape, dtype = params[name]
-        if not np.issubdtype(np.dtype(dtype), np.floating):
-            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
-                            "(float16, float32 or float64)" % (name, np.dtype(dtype)))
+        require_floating(name, dtype)
         opt.masks[key].resolve(shape, name)
 
 
