@@ -1,10 +1,11 @@
-"""Build step only: compile the optional native MXNet operators (masked_opt/_native/ops.cc).
+"""Build step only: compile the optional native MXNet operators (masked_opt/_native/*.cc).
 
 All metadata lives in pyproject.toml. This file adds one extension, built by running the C++
 compiler directly (``$CXX``, default ``g++``) against the headers of the mxnet wheel in the
 build environment (``[build-system] requires`` has ``mxnet==1.9.1``):
 
-    $CXX -std=c++11 -shared -fPIC -O2 -Wl,-Bsymbolic -I <mxnet>/include ops.cc <mxnet>/src/lib_api.cc
+    $CXX -std=c++11 -shared -fPIC -O2 -ffp-contract=off -Wl,-Bsymbolic -I <mxnet>/include
+         ops.cc dense_cols.cc lookup.cc <mxnet>/src/lib_api.cc
          -o masked_opt/_native/libmasked_opt_ops.so
 
 If there is no compiler, no mxnet headers, or the compilation fails, the install still
@@ -30,7 +31,10 @@ except ImportError:  # pragma: no cover - depends on the build environment
         bdist_wheel = None
 
 LIB_NAME = 'masked_opt._native.libmasked_opt_ops'
-SOURCE = os.path.join('masked_opt', '_native', 'ops.cc')
+# One library from every source: ops.cc (the masked update's block ops), dense_cols.cc (the
+# dense column-block update), lookup.cc (the O(batch) embedding lookup).
+SOURCES = [os.path.join('masked_opt', '_native', name)
+           for name in ('ops.cc', 'dense_cols.cc', 'lookup.cc')]
 
 
 def _mxnet_root():
@@ -82,7 +86,10 @@ class BuildNative(build_ext):
         # -Bsymbolic: the library's calls into lib_api.cc bind to its own copy. Without it, a
         # process where libmxnet was loaded with RTLD_GLOBAL (import horovod.mxnet does that)
         # resolves them to libmxnet's same-named symbols, and mx.library.load segfaults.
-        cmd = cxx + ['-std=c++11', '-shared', '-fPIC', '-O2', '-Wl,-Bsymbolic', '-I', include] + \
+        # -ffp-contract=off: no fused multiply-add, ever (dense_cols.cc reproduces MXNet's
+        # kernels bit for bit, and the wheel's kernels round every product).
+        cmd = cxx + ['-std=c++11', '-shared', '-fPIC', '-O2', '-ffp-contract=off',
+                     '-Wl,-Bsymbolic', '-I', include] + \
             list(ext.sources) + [lib_api, '-o', out]
         print(' '.join(shlex.quote(c) for c in cmd))
         try:
@@ -113,5 +120,5 @@ if bdist_wheel is not None:
     cmdclass['bdist_wheel'] = BdistWheel
 
 # optional: an in-place (editable) build copies the library into the tree only if it was built
-setup(ext_modules=[Extension(LIB_NAME, sources=[SOURCE], language='c++', optional=True)],
+setup(ext_modules=[Extension(LIB_NAME, sources=SOURCES, language='c++', optional=True)],
       cmdclass=cmdclass)

@@ -12,6 +12,7 @@ Examples
 """
 from . import _mxnet_workarounds, states, validate
 from ._version import __version__  # noqa: F401
+from .convert import convert_embeddings
 from .grow import (
                    DEFAULT_INIT,
                    INIT_METHODS,
@@ -36,6 +37,8 @@ from .masks import (
                    train_rows_from,
 )
 from .optimizer import Masked
+from .state_view import OptimizerState, optimizer_state
+from .statefile import load_states, save_states
 
 # MXNet's get_updater gives a Masked optimizer (or a wrapper around one) its MaskedUpdater, and
 # a local/device kvstore's set_optimizer checks every mask in the caller (see
@@ -46,4 +49,5 @@ __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze
            'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',
            'grow_table', 'grow_params', 'grow_embedding', 'grow_dense', 'grow_vocab', 'init_rows',
            'row_stats',
-           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT']
+           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT', 'optimizer_state', 'OptimizerState',
+           'convert_embeddings', 'save_states', 'load_states']

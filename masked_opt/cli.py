@@ -109,8 +109,9 @@ def _parser():
                       'of timestamps after which first-seen users/items are new (default %g)'
                       % DEFAULT_CUTOFF)
     demo.add_argument('--json', action='store_true', help='print the report as JSON')
-    demo.add_argument('--plot', metavar='FILE.png', help='draw embeddings and learning curves '
-                      '(needs matplotlib: pip install matplotlib)')
+    demo.add_argument('--plot', metavar='FILE.png', help='draw the run: the verdict on the '
+                      'frozen entries, the gap to the ceiling per epoch (log scale, every seed) '
+                      'and test RMSE per model (.png, .pdf or .svg)')
     demo.add_argument('--init', default=_grow.DEFAULT_INIT,
                       choices=[m for m in _grow.INIT_METHODS if m != 'copy'],
                       help='how new rows start (default %(default)s)')
@@ -145,7 +146,8 @@ def _parser():
                           help='synthetic data: how many new %s (default %d); with --data: the '
                           'share of %s ids held out at random as new ones (e.g. 0.1), instead '
                           'of the time split' % (key[4:], SYNTHETIC[key], key[4:-1]))
-    demo.add_argument('--no-progress', action='store_true', help='no progress bars')
+    demo.add_argument('--no-progress', action='store_true', help='no progress bar (one bar for '
+                      'the whole run: seed, stage and the time left in all)')
     return parser
 
 
@@ -244,6 +246,9 @@ def main(argv=None):
         if args.command == 'info':
             print(native_info())
             return 0
+        # MXNet logs "Subgraph backend MKLDNN is activated." at every bind, ten times a seed,
+        # into the progress bar; read at bind time, so setting it here is early enough.
+        os.environ.setdefault('MXNET_SUBGRAPH_VERBOSE', '0')
         if args.plot:
             from .demo.plot import check_target
             check_target(args.plot)

@@ -125,6 +125,37 @@ class Mask:
         return rows, cols
 
 
+def require_floating(name, dtype):
+    """Refuse a mask on a parameter whose dtype is not floating-point.
+
+    The wrapped optimizer's arithmetic (learning rate times a gradient, fractional scales) has
+    no meaning on integers: MXNet's optimizers train float16, float32 and float64 weights. Called
+    wherever a mask first meets its parameter's dtype, before anything is written: the first
+    step, ``KVStore.set_optimizer`` (:mod:`masked_opt.validate`) and the pickling for dist
+    kvstore servers (:func:`masked_opt.server.capture`).
+
+    Raises
+    ------
+    TypeError
+        Naming the parameter, its dtype, what a mask needs, and how to fix it.
+
+    Examples
+    --------
+    >>> from masked_opt.masks import require_floating
+    >>> require_floating('emb_weight', 'float16')
+    >>> try:
+    ...     require_floating('counts', 'int32')
+    ... except TypeError as err:
+    ...     print(err)   # doctest: +ELLIPSIS
+    parameter 'counts' has dtype int32; a mask needs a floating-point weight (float16, ...
+    """
+    if not np.issubdtype(np.dtype(dtype), np.floating):
+        raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
+                        "(float16, float32 or float64). Remove its mask (an integer parameter "
+                        "does not train by gradient), or narrow the glob pattern that matched it"
+                        % (name, np.dtype(dtype)))
+
+
 def _product(specs, length, where):
     if not specs:
         return None

@@ -1,15 +1,28 @@
 """Optional native operators for the sparse path: find, check and load them, once.
 
-``pip install .`` compiles ``masked_opt/_native/ops.cc`` into ``libmasked_opt_ops.so`` when a
-C++ compiler is there (see setup.py). The library adds three MXNet CPU operators, run on
-MXNet's engine like any other, so a row_sparse gradient's row ids are never read on the host:
+``pip install .`` compiles ``masked_opt/_native/*.cc`` into ``libmasked_opt_ops.so`` when a
+C++ compiler is there (see setup.py). The library adds three MXNet CPU operators for the sparse
+path, run on MXNet's engine like any other, so a row_sparse gradient's row ids are never read
+on the host:
 
 * ``mx.nd.masked_opt_rsp_block(grad, lo=, hi=, c0=, c1=)``: rows ``[lo, hi)`` (ids shifted by
   ``-lo``) and columns ``[c0, c1)`` of a row_sparse ``grad``, as a row_sparse array;
 * ``mx.nd.masked_opt_rsp_block_gather(grad, weight, scratch, lo=, hi=, c0=, c1=)``: the same,
   and the weight's block at those rows copied into ``scratch`` (in place), in one operation;
 * ``mx.nd.masked_opt_scatter_rows(weight, block, gblock, c0=, out=weight)``: writes
-  ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place.
+  ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place;
+
+one for dense gradients (``masked_opt/_native/dense_cols.cc``):
+
+* ``mx.nd.masked_opt_dense_cols(weight, grad, *states, kernel=, lo=, hi=, c0=, c1=, ...,
+  out=weight)``: one SGD or Adam step on the block ``[lo, hi) x [c0, c1)`` of a dense weight
+  and its state, in place, with the arithmetic of MXNet's own kernel (see
+  :mod:`masked_opt.inplace_check` for how that is checked);
+
+and an embedding lookup (``masked_opt/_native/lookup.cc``):
+
+* ``mx.nd.masked_opt_lookup(ids, weight, input_dim=, output_dim=)``: MXNet's ``Embedding`` with
+  an O(batch) row_sparse backward (see :mod:`masked_opt.convert`).
 
 The library is looked for in this order: ``$MASKED_OPT_NATIVE_LIB`` (an explicit path, the only
 one tried when set), next to this module (``masked_opt/_native/``, a checkout or editable
@@ -38,14 +51,17 @@ from collections import namedtuple
 
 import mxnet as mx
 
-__all__ = ['ABI', 'LIB_NAME', 'Status', 'available', 'status', 'notify_fallback',
-           'rsp_block', 'rsp_block_gather', 'scatter_rows']
+__all__ = ['ABI', 'LIB_NAME', 'LOOKUP_OP', 'Status', 'available', 'status', 'notify_fallback',
+           'rsp_block', 'rsp_block_gather', 'scatter_rows', 'dense_cols']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
-ABI = 3
+ABI = 6
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
-OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows')
+#: The embedding lookup's operator name (``mx.nd.masked_opt_lookup``; see masked_opt.convert).
+LOOKUP_OP = 'masked_opt_lookup'
+OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows',
+       'masked_opt_dense_cols', LOOKUP_OP)
 
 REBUILD = ('install a C++ compiler (g++) and reinstall masked_opt from its source with '
            '`pip install --force-reinstall --no-deps .`')
@@ -229,31 +245,59 @@ def _op(name):
     return getattr(mx.nd, name)
 
 
-def rsp_block(grad, lo, hi, c0, c1):
+def _named(param):
+    """The optional ``param`` attribute: the parameter's name, for the ops' error messages."""
+    return {} if param is None else {'param': str(param)}
+
+
+def rsp_block(grad, lo, hi, c0, c1, param=None):
     """Rows ``[lo, hi)`` and columns ``[c0, c1)`` of a row_sparse (V, D) `grad`, bit for bit.
 
     Returns a row_sparse ``(hi - lo, c1 - c0)`` NDArray whose row ids are grad's ids in
     ``[lo, hi)`` minus `lo`, in order (possibly none). Asynchronous: nothing is read on the host.
+    Bad ranges, shapes or dtypes raise ``MXNetError`` at the call. Row ids that are not sorted,
+    unique and in ``[0, V)`` make the operation fail on the engine before it writes: the error
+    (naming `param`, the parameter, when given) is raised at the next read of the result or of
+    anything computed from it (see :mod:`masked_opt.row_ids`).
     """
-    return _op('masked_opt_rsp_block')(grad, lo=int(lo), hi=int(hi), c0=int(c0), c1=int(c1))
+    return _op('masked_opt_rsp_block')(grad, lo=int(lo), hi=int(hi), c0=int(c0), c1=int(c1),
+                                       **_named(param))
 
 
-def rsp_block_gather(grad, weight, scratch, lo, hi, c0, c1):
+def rsp_block_gather(grad, weight, scratch, lo, hi, c0, c1, param=None):
     """:func:`rsp_block` and the weight's block at the same rows, in one engine operation.
 
     Returns what ``rsp_block(grad, lo, hi, c0, c1)`` returns, and writes, for each of its row
     ids ``r``, ``weight[lo + r, c0:c1]`` into ``scratch[r]`` (dense ``(hi - lo, c1 - c0)``,
     modified in place; its other rows are left as they were). `weight` is dense ``(V, D)``.
+    Errors as :func:`rsp_block`; `scratch` is not written when the ids are refused.
     """
     return _op('masked_opt_rsp_block_gather')(grad, weight, scratch, lo=int(lo), hi=int(hi),
-                                              c0=int(c0), c1=int(c1))
+                                              c0=int(c0), c1=int(c1), **_named(param))
 
 
-def scatter_rows(weight, block, gblock, c0):
+def scatter_rows(weight, block, gblock, c0, param=None):
     """Write ``block[r]`` into ``weight[r, c0:c0+k]`` for each row id ``r`` of `gblock`, in place.
 
     `weight` dense ``(R, D)`` (an axis-0 slice ``big[lo:hi]`` writes into ``big``), `block`
     dense ``(R, k)``, `gblock` row_sparse ``(R, k)``. Every other entry of `weight` keeps its
-    bits. Returns `weight`; the write is queued on MXNet's engine like any update.
+    bits. Returns `weight`; the write is queued on MXNet's engine like any update. Row ids of
+    `gblock` outside ``[0, R)``, or not sorted and unique, fail as in :func:`rsp_block` and
+    leave `weight` as it was.
     """
-    return _op('masked_opt_scatter_rows')(weight, block, gblock, c0=int(c0), out=weight)
+    return _op('masked_opt_scatter_rows')(weight, block, gblock, c0=int(c0), out=weight,
+                                          **_named(param))
+
+
+def dense_cols(weight, grad, states, kernel, attrs, lo, hi, c0, c1):
+    """One step of ``kernel`` on the block ``[lo, hi) x [c0, c1)`` of `weight`, in place.
+
+    `weight` and `grad` are dense ``(V, D)``; `states` the kernel's state arrays (in the order
+    of :data:`masked_opt.kernel_calls.KERNELS`), each of the block's shape ``(hi - lo,
+    c1 - c0)`` or of the weight's (then updated at the block only). `attrs` are the kernel's
+    attribute strings (:func:`masked_opt.kernel_calls.dense_kernel_call`). Every entry
+    outside the block keeps its bits. Returns `weight`; queued on MXNet's engine.
+    """
+    return _op('masked_opt_dense_cols')(weight, grad, *states, out=weight, kernel=kernel,
+                                        lo=int(lo), hi=int(hi), c0=int(c0), c1=int(c1),
+                                        **attrs)

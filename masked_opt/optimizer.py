@@ -26,13 +26,12 @@ given (see :mod:`masked_opt._forwarding`).
 import contextlib
 import functools
 
-import numpy as np
 from mxnet import optimizer as mx_opt
 
 from . import server as _server
 from ._forwarding import ForwardsToBase
 from ._mxnet_workarounds import name_from_callers
-from .masks import as_mask
+from .masks import as_mask, require_floating
 from .names import check_mask_keys, key_name, mask_key_for, wrapped_optimizer
 from .positions import PositionHistory, stale_plan_error
 from .state_shapes import check_master_copy_scalable, check_weight_shaped, is_full_size
@@ -234,20 +233,18 @@ class Masked(ForwardsToBase, mx_opt.Optimizer):
     def plan_from_mask(self, name, weight, mask):
         """The plan of ``mask`` resolved for parameter ``name``'s ``weight`` (checked: a
         floating-point dtype, a mask that fits), or None when it trains everything."""
-        if not np.issubdtype(np.dtype(weight.dtype), np.floating):
-            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
-                            "(float16, float32 or float64)" % (name, np.dtype(weight.dtype)))
+        require_floating(name, weight.dtype)
         rows, cols = mask.resolve(weight.shape, name)
-        return self.build_plan(weight, rows, cols)
+        return self.build_plan(weight, rows, cols, name)
 
     @staticmethod
-    def build_plan(weight, rows, cols):
+    def build_plan(weight, rows, cols, name=None):
         """The one place plans are made: a :class:`~masked_opt.update.BlockPlan` of ``weight``
-        for row and column scales ``rows``, ``cols`` (None: all ones); None when both are None
-        (the wrapped optimizer alone)."""
+        (parameter ``name``, for messages) for row and column scales ``rows``, ``cols`` (None:
+        all ones); None when both are None (the wrapped optimizer alone)."""
         if rows is None and cols is None:
             return None
-        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype)
+        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype, name=name)
 
     def replace_base(self, base):
         """Wrap ``base`` from now on (a state file's optimizer); plans are made again."""

@@ -35,7 +35,7 @@ from ._mxnet_workarounds import (
     server_rank,
 )
 from ._version import __version__
-from .masks import as_mask
+from .masks import as_mask, require_floating
 
 __all__ = ['ServerSide', 'capture', 'is_split', 'part_range', 'row_part_range', 'element_scales',
            'loud_in_kvstore', 'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE', 'LOG_ENV']
@@ -131,13 +131,15 @@ def capture(opt):
     ValueError
         When a server could not apply a mask correctly: unknown shapes, a mask that does not
         fit its parameter, or ``Embedding(sparse_grad=True)`` (MXNet's server aborts on it).
+    TypeError
+        A mask on a parameter whose dtype is not floating-point.
     """
-    params = {p.name: (tuple(p.shape), p._stype, p._grad_stype)
+    params = {p.name: (tuple(p.shape), p._stype, p._grad_stype, p.dtype)
               for p in opt.base.param_dict.values()}
     if not params:
-        params = {name: (tuple(p.shape), p.stype, p.grad_stype)
+        params = {name: (tuple(p.shape), p.stype, p.grad_stype, p.dtype)
                   for name, p in caller_params(grad_stypes=True).items()}
-    for name, (_, stype, grad_stype) in sorted(params.items()):
+    for name, (_, stype, grad_stype, _) in sorted(params.items()):
         if stype == 'default' and grad_stype == 'row_sparse':
             raise ValueError(
                 "parameter '%s' has a dense weight and a row_sparse gradient (e.g. "
@@ -154,7 +156,8 @@ def capture(opt):
             'only, but the full shapes of %s are unknown here. Use it through Module or '
             'gluon.Trainer, which provide them.' % missing)
     for name in masked:
-        shape, stype, _ = params[name]
+        shape, _, _, dtype = params[name]
+        require_floating(name, dtype)
         opt.masks[opt.mask_key_for(name)].resolve(shape, name)  # raises if it does not fit
     bound = os.environ.get('MXNET_KVSTORE_BIGARRAY_BOUND', str(DEFAULT_BIGARRAY_BOUND))
     try:
@@ -162,7 +165,7 @@ def capture(opt):
     except ValueError:
         raise ValueError('MXNET_KVSTORE_BIGARRAY_BOUND must be an integer, received %r'
                          % bound) from None
-    return {'shapes': {n: (shape, stype) for n, (shape, stype, _) in params.items()},
+    return {'shapes': {n: (shape, stype) for n, (shape, stype, _, _) in params.items()},
             'bound': bound}
 
 

@@ -206,6 +206,21 @@ class MaskedUpdater(mx_opt.Updater):
         return layouts
 
     # ---- loading ----
+    def block_ids(self, index):
+        """The weight rows and columns ``states[index]`` stands for: ``(rows, cols)``.
+
+        Numpy int64 ids (``cols`` None for a 1-D weight); every row and column for a state kept
+        whole (loaded from an unmasked run); None when the state has no known layout (not
+        created by this updater, or loaded from a file that had none).
+        :func:`masked_opt.optimizer_state` reads states with them.
+        """
+        layout = self._pending.get(index, self.layouts.get(index))
+        if layout is None:
+            return None
+        if not layout.full and _is_whole(self.states.get(index), layout.shape):
+            layout = _Layout(layout.name, layout.shape, None, None)   # a warm state, kept whole
+        return layout.row_ids(), None if len(layout.shape) < 2 else layout.col_ids()
+
     def set_states(self, states):
         loaded = pickle.loads(states)
         file_opt = None

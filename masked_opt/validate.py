@@ -18,8 +18,7 @@ A dist kvstore is checked while the optimizer is pickled for its servers
 (:func:`masked_opt.server.capture`); on a single device without a kvstore, the first step
 raises as usual.
 """
-import numpy as np
-
+from .masks import require_floating
 from .names import known_params
 from .optimizer import Masked
 
@@ -61,9 +60,7 @@ def check_masks(opt):
         if key is None:
             continue
         shape, dtype = params[name]
-        if not np.issubdtype(np.dtype(dtype), np.floating):
-            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
-                            "(float16, float32 or float64)" % (name, np.dtype(dtype)))
+        require_floating(name, dtype)
         opt.masks[key].resolve(shape, name)
 
 

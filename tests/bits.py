@@ -2,11 +2,11 @@
 import mxnet as mx
 import numpy as np
 
-_INT_OF = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INT_OF = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def as_bits(a):
-    """View an NDArray or numpy float array as unsigned integers of the same width."""
+    """View an NDArray or numpy array as unsigned integers of the same width."""
     a = a.asnumpy() if hasattr(a, 'asnumpy') else np.asarray(a)
     a = np.ascontiguousarray(a)
     return a.view(_INT_OF[a.dtype.itemsize])

@@ -21,9 +21,11 @@ and :mod:`~masked_opt.demo.files` (where ratings come from), :mod:`~masked_opt.d
 (the protocol), :mod:`~masked_opt.demo.report` (summary over seeds, text),
 :mod:`~masked_opt.demo.plot` (``--plot``), :mod:`~masked_opt.demo.readme` (the README block).
 """
+from .. import native
 from .model import forum_mf, rmse
+from .progress import Progress
 from .report import format_report, summarize
-from .run import DEMO_DEFAULTS, frozen_changed, run_demo
+from .run import DEMO_DEFAULTS, frozen_changed, planned_batches, run_demo
 
 __all__ = ['run_demo', 'run_seeds', 'summarize', 'format_report', 'forum_mf', 'rmse',
            'frozen_changed', 'DEMO_DEFAULTS']
@@ -38,8 +40,10 @@ def run_seeds(make_split, seeds=(0, 1, 2), *, mode='grow', progress=False, **set
         ``make_split(seed)`` returns the :class:`~masked_opt.demo.data.Split` of that seed.
     seeds : sequence of int
         One run each.
-    mode, progress, settings
+    mode, settings
         As for :func:`run_demo`.
+    progress : bool
+        One bar on stderr for the whole run: seed, stage and the time left in all.
 
     Returns
     -------
@@ -56,6 +60,24 @@ def run_seeds(make_split, seeds=(0, 1, 2), *, mode='grow', progress=False, **set
     >>> r['seeds'], r['ok'], len(r['summary']['rmse.masked']['values'])
     ([0, 1], True, 2)
     """
-    reports = [run_demo(make_split(seed), mode=mode, seed=seed, progress=progress, **settings)
-               for seed in seeds]
-    return summarize(reports)
+    seeds = list(seeds)
+    splits = [make_split(seed) for seed in seeds]
+    bar = None
+    if progress:    # one bar for the whole run, its total planned up front
+        bar = Progress(sum(planned_batches(split, mode=mode, seed=seed, **settings)
+                           for split, seed in zip(splits, seeds, strict=True)), len(seeds))
+    reports = []
+    try:
+        for index, (split, seed) in enumerate(zip(splits, seeds, strict=True)):
+            if bar is not None:
+                bar.seed(index)
+            reports.append(run_demo(split, mode=mode, seed=seed, progress=bar or False,
+                                    **settings))
+    finally:
+        if bar is not None:
+            bar.close()
+    report = summarize(reports)
+    # After the runs: the first step that would use the native operators has tried to load them
+    st = native.status()
+    report['native'] = {'loaded': st.loaded, 'reason': st.reason}
+    return report

@@ -9,20 +9,23 @@ epochs is chosen on validation, never on the test ratings.
 """
 import collections
 import math
-import sys
 import time
 
 import mxnet as mx
 import numpy as np
-from tqdm import tqdm
 
-__all__ = ['MEMBER', 'BOOK', 'forum_mf', 'rmse', 'fit', 'Fit']
+__all__ = ['MEMBER', 'BOOK', 'forum_mf', 'rmse', 'fit', 'Fit', 'DemoError']
 
 MEMBER, BOOK = 'member_embedding_weight', 'book_embedding_weight'
 
-Fit = collections.namedtuple('Fit', 'params epoch curve seconds')
+class DemoError(ValueError):
+    """Settings the demo cannot run with, or a training run they made diverge (one line)."""
+
+
+Fit = collections.namedtuple('Fit', 'params epoch curve seconds track', defaults=(None,))
 Fit.__doc__ = """One training run: ``params`` (numpy, of the chosen ``epoch``, 1-based), the
-validation RMSE after every epoch (``curve``) and the wall time of ``Module.fit``."""
+validation RMSE after every epoch (``curve``), the wall time of ``Module.fit``, and ``track``:
+``track(params)`` after every epoch when :func:`fit` was given one (else None)."""
 
 
 def forum_mf(n_users, n_items, latent_dim):
@@ -63,7 +66,8 @@ def rmse(params, ratings):
 
 
 def fit(n_users, n_items, latent_dim, train, val, *, epochs, batch_size, learning_rate, seed,
-        wd=0.0, halve_every=None, masks=None, arg_params=None, progress=False, desc=''):
+        wd=0.0, halve_every=None, masks=None, arg_params=None, progress=None, desc='',
+        track=None):
     """``Module.fit`` with Adam on ``train``; keep the epoch with the lowest RMSE on ``val``.
 
     Parameters
@@ -84,14 +88,24 @@ def fit(n_users, n_items, latent_dim, train, val, *, epochs, batch_size, learnin
         Train through ``'masked'`` with these masks (Adam as the base optimizer).
     arg_params : dict, optional
         Starting parameters (numpy); default ``Normal(0.1)`` initialisation.
-    progress : bool
-        A tqdm bar on stderr.
+    progress : Progress, optional
+        Counts the batches (:class:`~masked_opt.demo.progress.Progress`, one bar for the
+        whole demo); ``desc`` names the stage on it.
     desc : str
-        The bar's label.
+        The stage's label on the bar.
+    track : callable, optional
+        ``track(params)`` (numpy parameters) after every epoch, e.g. the masked phase's
+        objective; the values land in ``Fit.track``.
 
     Returns
     -------
     Fit
+
+    Raises
+    ------
+    DemoError
+        Every epoch ended with NaN or Inf in the weights or the validation RMSE (a learning
+        rate too large for the ratings' scale): nothing to choose from.
     """
     mx.random.seed(seed)
     np.random.seed(seed)
@@ -109,23 +123,40 @@ def fit(n_users, n_items, latent_dim, train, val, *, epochs, batch_size, learnin
             base_lr=learning_rate)
     if masks is not None:
         opt.update(base='adam', masks=masks)
-    curve, best = [], {}
-    bar = tqdm(total=epochs * n_batches, desc=desc, unit='batch', disable=not progress,
-               leave=False, file=sys.stderr)
+    curve, best, tracked = [], {}, []
+    if progress is not None:
+        progress.stage(desc)
+
+    def on_batch(_):
+        if progress is not None:
+            progress.update()
 
     def on_epoch(epoch, symbol, args, auxs):
         params = {k: v.asnumpy() for k, v in args.items()}
         curve.append(rmse(params, val))
-        if not best or curve[-1] < best['score']:
+        if track is not None:
+            tracked.append(track(params))
+        # A diverged epoch is never the chosen one: NaN compares false, so without this check
+        # a NaN first epoch would stay "best", and its NaN rows would reach the next phase.
+        finite = curve[-1] is not None and math.isfinite(curve[-1]) and all(
+            np.isfinite(v).all() for v in params.values())
+        if finite and (not best or curve[-1] < best['score']):
             best.update(score=curve[-1], epoch=epoch + 1, params=params)
-        bar.set_postfix_str('validation RMSE %.4f' % curve[-1])
+        if progress is not None:
+            progress.note('validation RMSE %.4f' % curve[-1])
 
     start = time.perf_counter()
     mod.fit(it, num_epoch=epochs, optimizer='masked' if masks is not None else 'adam',
             optimizer_params=opt, initializer=mx.init.Normal(0.1),
             arg_params=None if arg_params is None else
             {k: mx.nd.array(v, dtype=v.dtype) for k, v in arg_params.items()},
-            batch_end_callback=lambda _: bar.update(1), epoch_end_callback=on_epoch)
+            batch_end_callback=on_batch, epoch_end_callback=on_epoch)
     seconds = time.perf_counter() - start
-    bar.close()
-    return Fit(best['params'], best['epoch'], curve, seconds)
+    if not best:
+        raise DemoError('%s: training diverged (NaN or Inf in the weights or the validation '
+                        'RMSE after each of its %d epochs, learning rate %g); lower that '
+                        'phase\'s learning rate (--learning-rate for the masked phase, '
+                        '--retrain-learning-rate for the old model and the full retrain)'
+                        % (desc or 'Module.fit', epochs, learning_rate))
+    return Fit(best['params'], best['epoch'], curve, seconds,
+               tracked if track is not None else None)

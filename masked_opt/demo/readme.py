@@ -1,32 +1,70 @@
-"""The README's demo output and the numbers of ``docs/howto/grow.md``, generated, never pasted.
+"""The README's demo output, the numbers of ``docs/howto/grow.md`` and the docs' picture,
+generated, never pasted.
 
-``python -m masked_opt.demo.readme`` runs ``masked-opt demo`` with its defaults and rewrites
-the generated blocks in place: each sits between ``<!-- generated: NAME -->`` and
-``<!-- end generated: NAME -->``. ``--check`` only compares and exits 1 when a block is stale.
-The wall-time line is shown but never compared (it depends on the machine);
-``tests/test_readme_block.py`` runs the check.
+``python -m masked_opt.demo.readme`` runs ``masked-opt demo --plot`` with its defaults and
+rewrites the generated blocks in place, each between ``<!-- generated: NAME -->`` and
+``<!-- end generated: NAME -->``, and the picture :data:`FIGURE` (a PNG that carries the
+numbers it was drawn from). ``--check`` only compares and exits 1 when a block or the picture
+is stale.
+The wall-time and update-path lines are shown but never compared (they depend on the
+machine); ``tests/test_readme_block.py`` runs the check.
 """
 import contextlib
 import io
+import json
 import pathlib
 import re
 import sys
+import tempfile
 
-__all__ = ['demo_output', 'blocks', 'replace_block', 'stale_blocks', 'ROOT', 'PAGES']
+__all__ = ['demo_output', 'blocks', 'replace_block', 'stale_blocks', 'stale_figure', 'drawn',
+           'ROOT', 'PAGES', 'FIGURE']
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: The files holding generated blocks, by block name.
-PAGES = {'demo-output': 'README.md', 'grow-numbers': 'docs/howto/grow.md'}
-_TIME = re.compile(r'^wall time per seed:.*$', re.M)
+PAGES = {'demo-output': 'README.md', 'demo-time': 'README.md',
+         'grow-numbers': 'docs/howto/grow.md'}
+#: The demo's picture (``--plot``) from the same run, shown in the docs and the README.
+FIGURE = 'docs/img/demo.png'
+#: Lines that depend on the machine, shown but never compared: wall times, and whether the
+#: native operators were built here.
+_MACHINE = re.compile(r'^(wall time[^:]*|  update path|How long):.*$', re.M)
 
 
-def demo_output(argv=('demo', '--no-progress')):
-    """Run ``masked-opt`` with ``argv``; return ``(exit code, stdout text)``."""
+def demo_output(argv=('demo', '--no-progress'), plot=None):
+    """Run ``masked-opt`` with ``argv`` (and ``--plot plot``); return ``(exit code, text)``.
+
+    The text is what the demo prints, less the line that names the plot file.
+    """
     from ..cli import main
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    return code, out.getvalue()
+        code = main(list(argv) + (['--plot', str(plot)] if plot else []))
+    text = out.getvalue()
+    if plot:
+        text = text.replace('plot written to %s\n' % plot, '')
+    return code, text
+
+
+def drawn(path):
+    """The numbers a PNG of ``masked-opt demo --plot`` was drawn from (its Description)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        return json.loads(image.text['Description'])
+
+
+def _rounded(tree, digits=4):
+    if isinstance(tree, dict):
+        return {k: _rounded(v, digits) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_rounded(v, digits) for v in tree]
+    return round(tree, digits) if isinstance(tree, float) else tree
+
+
+def stale_figure(new_png, root=ROOT):
+    """Whether the docs' picture was drawn from other numbers than ``new_png`` (4 digits)."""
+    old = root / FIGURE
+    return not old.exists() or _rounded(drawn(old)) != _rounded(drawn(new_png))
 
 
 def _numbers_table(text):
@@ -49,10 +87,26 @@ def _numbers_table(text):
     return '\n'.join(lines)
 
 
+def _how_long(text):
+    """The README's line on how long the demo takes, read off its wall-time line."""
+    whole = re.search(r'^wall time per seed:.* total ([\d.]+)[^;]*; whole run (\d+) s$', text,
+                      re.M)
+    seeds = re.search(r'^masked-opt demo: .*; (\d+) seeds? ', text, re.M)
+    if not (whole and seeds):
+        return 'How long: see the wall-time line at the end of the output below.'
+    from .run import RETRAIN_WDS
+    trainings = 2 * len(RETRAIN_WDS) + 1      # old model and full retrain per wd, masked phase
+    return ('How long: the default run (%s seeds, %d trainings each) took %s s when the output '
+            'below was generated, on a 2-core machine; `masked-opt demo --seeds 1` gives a '
+            'quick look in about a third of that (%.0f s). The progress bar shows the seed, '
+            'the stage and the time left.' % (seeds.group(1), trainings, whole.group(2),
+                                              float(whole.group(1))))
+
+
 def blocks(text):
     """The generated blocks for a demo report ``text``: ``{name: block body}``."""
     return {'demo-output': '```text\n%s\n```' % text.rstrip('\n'),
-            'grow-numbers': _numbers_table(text)}
+            'demo-time': _how_long(text), 'grow-numbers': _numbers_table(text)}
 
 
 def _markers(name):
@@ -84,7 +138,7 @@ def replace_block(page, name, body):
 
 
 def _comparable(text):
-    return _TIME.sub('wall time per seed: (not compared)', text)
+    return _MACHINE.sub(r'\1: (not compared)', text)
 
 
 def stale_blocks(text, root=ROOT):
@@ -100,16 +154,23 @@ def stale_blocks(text, root=ROOT):
 def main(argv=None):
     """``python -m masked_opt.demo.readme [--check]``: rewrite (or check) the blocks."""
     argv = sys.argv[1:] if argv is None else argv
-    code, text = demo_output()
-    if code != 0:
-        print('the demo exited with %d; not touching the pages' % code, file=sys.stderr)
-        return code
-    if '--check' in argv:
-        stale = stale_blocks(text)
-        for name in stale:
-            print('stale: the %s block of %s; run python -m masked_opt.demo.readme'
-                  % (name, PAGES[name]), file=sys.stderr)
-        return 1 if stale else 0
+    check = '--check' in argv
+    with tempfile.TemporaryDirectory() as tmp:
+        png = pathlib.Path(tmp) / 'demo.png'
+        code, text = demo_output(plot=png)
+        if code != 0:
+            print('the demo exited with %d; not touching the pages' % code, file=sys.stderr)
+            return code
+        if check:
+            stale = ['%s block of %s' % (name, PAGES[name]) for name in stale_blocks(text)]
+            stale += [FIGURE] if stale_figure(png) else []
+            for what in stale:
+                print('stale: the %s; run python -m masked_opt.demo.readme' % what,
+                      file=sys.stderr)
+            return 1 if stale else 0
+        (ROOT / FIGURE).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / FIGURE).write_bytes(png.read_bytes())
+        print('wrote %s' % FIGURE)
     for name, body in blocks(text).items():
         path = ROOT / PAGES[name]
         path.write_text(replace_block(path.read_text(encoding='utf-8'), name, body),

@@ -13,7 +13,7 @@ import numpy as np
 
 from .data import PAIR_TYPES
 
-__all__ = ['summarize', 'format_report', 'MODEL_LABELS']
+__all__ = ['summarize', 'format_report', 'native_line', 'MODEL_LABELS']
 
 #: How each model is named in the text report (``rmse`` keys of a per-seed report).
 MODEL_LABELS = {
@@ -87,6 +87,21 @@ def _values(summary, path, fmt='%g'):
     return ', '.join('n/a' if v is None else fmt % v for v in summary[path]['values'])
 
 
+def native_line(native):
+    """The header's update-path line for ``report['native']`` (``{'loaded', 'reason'}``).
+
+    Examples
+    --------
+    >>> from masked_opt.demo.report import native_line
+    >>> native_line({'loaded': False, 'reason': 'no file x.so'}).split(': ', 1)[1]
+    "masked_opt's native operators are not loaded: no file x.so"
+    """
+    if native['loaded']:
+        return "masked_opt's native operators (masked-opt info says more)"
+    return ("the pure MXNet path (same bits, slower): masked_opt's native operators are not "
+            'loaded: %s' % native['reason'])
+
+
 def format_report(report):
     """The report of :func:`summarize` as text lines (``masked-opt demo`` without ``--json``).
 
@@ -96,7 +111,7 @@ def format_report(report):
     >>> from masked_opt.demo.synthetic import synthetic_split
     >>> r = run_seeds(lambda seed: synthetic_split(30, 20, 5, 4, per_user=5, seed=seed),
     ...               seeds=[0], epochs=1, new_epochs=1)
-    >>> print(format_report(r)[4])
+    >>> print(format_report(r)[5])
     frozen entries changed (old rows, compared on the bits): 0 of 400, in each of 1 seed  OK
     """
     s, d, m = report['settings'], report['data'], report['summary']
@@ -123,6 +138,9 @@ def format_report(report):
                      % (seeds[0], d['old_train'] + d['new_train'],
                         report['per_seed'][0]['carved']['validation'],
                         d['old_test'] + d['new_test']))
+    native = report.get('native')
+    if native is not None:
+        lines.append('  update path: %s' % native_line(native))
     per_seed = report['per_seed'][0]
     what = 'old rows' if grow else 'first %d columns' % (s['latent_dim'] - 1)
     bad = [r['seed'] for r in report['per_seed'] if r['frozen_entries_changed']]
@@ -170,7 +188,8 @@ def format_report(report):
                  'masked phase %s s, full retrain %s s, total %s s' % (
                      _ms(t, 'seconds.train_old', 1), _ms(t, 'seconds.grow', 2),
                      _ms(t, 'seconds.references', 2), _ms(t, 'seconds.train_new_masked', 1),
-                     _ms(t, 'seconds.full_retrain', 1), _ms(t, 'seconds.total', 1)))
+                     _ms(t, 'seconds.full_retrain', 1), _ms(t, 'seconds.total', 1))
+                 + '; whole run %.0f s' % sum(v for v in t['seconds.total']['values'] if v))
     return lines
 
 

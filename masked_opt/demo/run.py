@@ -20,6 +20,7 @@
 7. the report: the frozen check on the bits, RMSE on the new-pair test ratings of every model,
    by pair type, the gap of masked training to the ceiling (objective and RMSE).
 """
+import math
 import time
 
 import mxnet as mx
@@ -29,9 +30,10 @@ from .. import grow as _grow
 from ..masks import train_cols
 from . import reference as ref
 from .data import PAIR_TYPES, Ratings, pair_types, validation_split
-from .model import BOOK, MEMBER, fit, rmse
+from .model import BOOK, MEMBER, DemoError, fit, rmse
+from .progress import Progress
 
-__all__ = ['run_demo', 'frozen_changed', 'RETRAIN_WDS', 'DEMO_DEFAULTS']
+__all__ = ['run_demo', 'planned_batches', 'frozen_changed', 'RETRAIN_WDS', 'DEMO_DEFAULTS']
 
 #: ``wd`` values tried for the old model and the full retrain (epochs chosen alongside).
 RETRAIN_WDS = (0.0, 1e-4, 1e-3)
@@ -40,10 +42,6 @@ RETRAIN_WDS = (0.0, 1e-4, 1e-3)
 DEMO_DEFAULTS = dict(latent_dim=8, epochs=40, new_epochs=None, batch_size=128,
                      learning_rate=0.01, halve_every=None, retrain_learning_rate=0.03,
                      retrain_halve_every=8, init=_grow.DEFAULT_INIT)
-
-
-class DemoError(ValueError):
-    """Settings the demo cannot run with (one-line message)."""
 
 
 def frozen_changed(before, after):
@@ -78,8 +76,8 @@ def _concat(a, b):
 def _select_wd(n_users, n_items, dim, train, val, wds, common, desc):
     """Train once per ``wd``; keep the run (and epoch) with the lowest validation RMSE."""
     runs = {wd: fit(n_users, n_items, dim, train, val, wd=wd,
-                    desc='%s, wd %g' % (desc, wd), **common) for wd in wds}
-    wd = min(runs, key=lambda w: min(runs[w].curve))
+                    desc='%s (wd %g)' % (desc, wd), **common) for wd in wds}
+    wd = min(runs, key=lambda w: runs[w].curve[runs[w].epoch - 1])   # its chosen epoch's RMSE
     return wd, runs[wd], sum(r.seconds for r in runs.values())
 
 
@@ -115,21 +113,8 @@ def _rmse_of(predictor, ratings):
     return float(np.sqrt(np.mean(err ** 2)))
 
 
-def run_demo(split, *, mode='grow', seed=0, progress=False, **settings):
-    """Run the demo once on a :class:`~masked_opt.demo.data.Split`; return the report as a dict.
-
-    ``settings`` are those of :data:`DEMO_DEFAULTS`. ``new_epochs`` (the masked phase)
-    defaults to 240 with the learning rate halved every 40 epochs for ``'grow'``, and to 60
-    halved every 15 for ``'latent-split'``.
-
-    Examples
-    --------
-    >>> from masked_opt.demo.run import run_demo
-    >>> from masked_opt.demo.synthetic import synthetic_split
-    >>> r = run_demo(synthetic_split(40, 30, 8, 6, per_user=8), epochs=2, new_epochs=2)
-    >>> r['frozen_entries_changed'], r['ok'], sorted(r['rmse'])[:3]
-    (0, True, ['bias_only', 'ceiling', 'full_retrain'])
-    """
+def _settings(mode, settings):
+    """:data:`DEMO_DEFAULTS` with ``settings`` and the mode's defaults filled in."""
     s = dict(DEMO_DEFAULTS, **settings)
     unknown = set(settings) - set(DEMO_DEFAULTS)
     if unknown:
@@ -139,18 +124,74 @@ def run_demo(split, *, mode='grow', seed=0, progress=False, **settings):
         s['new_epochs'] = 240 if mode == 'grow' else 60
     if s['halve_every'] is None:
         s['halve_every'] = 40 if mode == 'grow' else 15
+    return s
+
+
+def planned_batches(split, *, mode='grow', seed=0, **settings):
+    """How many batches :func:`run_demo` trains on ``split``: the progress bar's total.
+
+    The old model and the full retrain train once per ``wd`` of :data:`RETRAIN_WDS`, the
+    masked phase once; each on the ratings :func:`run_demo` carves for it.
+
+    Examples
+    --------
+    >>> from masked_opt.demo.run import planned_batches
+    >>> from masked_opt.demo.synthetic import synthetic_split
+    >>> planned_batches(synthetic_split(40, 30, 8, 6, per_user=8), epochs=2, new_epochs=3)
+    33
+    """
+    s = _settings(mode, settings)
+
+    def batches(n):
+        return math.ceil(n / min(s['batch_size'], n)) if n else 0
+    if mode == 'grow':
+        old = len(validation_split(split.old_train, seed=seed)[0].label)
+        new = len(validation_split(split.new_train, seed=seed)[0].label)
+        old_runs, masked, full = batches(old), batches(new), batches(old + new)
+    else:
+        n = len(validation_split(_concat(split.old_train, split.new_train), seed=seed)[0].label)
+        old_runs = masked = full = batches(n)
+    return len(RETRAIN_WDS) * s['epochs'] * (old_runs + full) + s['new_epochs'] * masked
+
+
+def run_demo(split, *, mode='grow', seed=0, progress=False, **settings):
+    """Run the demo once on a :class:`~masked_opt.demo.data.Split`; return the report as a dict.
+
+    ``settings`` are those of :data:`DEMO_DEFAULTS`. ``new_epochs`` (the masked phase)
+    defaults to 240 with the learning rate halved every 40 epochs for ``'grow'``, and to 60
+    halved every 15 for ``'latent-split'``. ``progress``: True for a bar on stderr, or the
+    :class:`~masked_opt.demo.progress.Progress` of a longer run.
+
+    Examples
+    --------
+    >>> from masked_opt.demo.run import run_demo
+    >>> from masked_opt.demo.synthetic import synthetic_split
+    >>> r = run_demo(synthetic_split(40, 30, 8, 6, per_user=8), epochs=2, new_epochs=2)
+    >>> r['frozen_entries_changed'], r['ok'], sorted(r['rmse'])[:3]
+    (0, True, ['bias_only', 'ceiling', 'full_retrain'])
+    """
+    s = _settings(mode, settings)
     if mode == 'latent-split' and s['latent_dim'] < 2:
         raise DemoError('--latent-dim: latent-split trains the last of at least 2 latent '
                         'dimensions, received %d; use --latent-dim 2 or more' % s['latent_dim'])
     if mode not in ('grow', 'latent-split'):
         raise DemoError("mode: expected 'grow' or 'latent-split', received %r" % (mode,))
+    own_bar = progress is True
+    if own_bar:
+        progress = Progress(planned_batches(split, mode=mode, seed=seed, **settings))
+    elif progress is False:
+        progress = None
     common = dict(batch_size=s['batch_size'], learning_rate=s['learning_rate'], seed=seed,
                   progress=progress)
     # The old model and the full retrain (from scratch, every row): their own schedule.
     s['_retrain'] = dict(common, epochs=s['epochs'], learning_rate=s['retrain_learning_rate'],
                          halve_every=s['retrain_halve_every'])
     start = time.perf_counter()
-    report = (_grow_report if mode == 'grow' else _latent_report)(split, s, common)
+    try:
+        report = (_grow_report if mode == 'grow' else _latent_report)(split, s, common)
+    finally:
+        if own_bar:
+            progress.close()
     report['seconds']['total'] = time.perf_counter() - start
     report['seed'] = seed
     del s['_retrain']
@@ -172,7 +213,7 @@ def _grow_report(split, s, common):
     seconds = {}
     wd_old, old_run, seconds['train_old'] = _select_wd(
         n_ou, n_oi, dim, old_fit, old_val, RETRAIN_WDS, s['_retrain'],
-        '1/3 old model')
+        'stage 1/3 old model')
     old = old_run.params
 
     t = time.perf_counter()
@@ -196,12 +237,14 @@ def _grow_report(split, s, common):
     wd = lam / len(new_fit.label)
     masked_run = fit(split.n_users, split.n_items, dim, new_fit, new_val, wd=wd,
                      halve_every=s['halve_every'], masks=masks, arg_params=init,
-                     epochs=s['new_epochs'], desc='2/3 new rows (masked)', **common)
+                     epochs=s['new_epochs'], desc='stage 2/3 new rows (masked)',
+                     track=lambda p: ref.objective(p[MEMBER], p[BOOK], n_ou, n_oi, new_fit,
+                                                   lam), **common)
     new = masked_run.params
     seconds['train_new_masked'] = masked_run.seconds
     wd_full, full_run, seconds['full_retrain'] = _select_wd(
         split.n_users, split.n_items, dim, everything, new_val, RETRAIN_WDS,
-        s['_retrain'], '3/3 full retrain')
+        s['_retrain'], 'stage 3/3 full retrain')
     full = full_run.params
 
     frozen = sum(frozen_changed(old[k], new[k][:old[k].shape[0]]) for k in (MEMBER, BOOK))
@@ -252,6 +295,7 @@ def _grow_report(split, s, common):
                           for when, p in (('at_init', init), ('after', new))},
         'curves': {'old_model_validation': old_run.curve,
                    'masked_validation': masked_run.curve,
+                   'masked_objective': masked_run.track,
                    'full_retrain_validation': full_run.curve},
         'seconds': seconds,
     }
@@ -270,7 +314,7 @@ def _latent_report(split, s, common):
     seconds = {}
     wd_small, small_run, seconds['train_old'] = _select_wd(
         split.n_users, split.n_items, dim - 1, train, val, RETRAIN_WDS,
-        s['_retrain'], '1/3 %d dims' % (dim - 1))
+        s['_retrain'], 'stage 1/3 %d dims' % (dim - 1))
     small = small_run.params
     # One latent column per table, spread like the trained ones (a zero column would get zero
     # gradient on both sides).
@@ -293,9 +337,18 @@ def _latent_report(split, s, common):
     seconds['references'] = time.perf_counter() - t
     wd = lam / len(train.label)
     masks = {k: train_cols([dim - 1]) for k in grown}
+
+    def last_obj(p):
+        pred = 1.0 - np.einsum('ij,ij->i', np.asarray(p[MEMBER], np.float64)[train.user],
+                               np.asarray(p[BOOK], np.float64)[train.item])
+        err = pred - train.label
+        return float(err @ err + lam * sum((np.asarray(p[k], np.float64)[:, -1] ** 2).sum()
+                                           for k in (MEMBER, BOOK)))
+
     after_run = fit(split.n_users, split.n_items, dim, train, val, wd=wd,
                     halve_every=s['halve_every'], masks=masks, arg_params=grown,
-                    epochs=s['new_epochs'], desc='2/3 last dim (masked)', **common)
+                    epochs=s['new_epochs'], desc='stage 2/3 last dim (masked)',
+                    track=last_obj, **common)
     after = after_run.params
     seconds['train_new_masked'] = after_run.seconds
     # The last-column problem is biconvex (u_k * b_k), so alternating from the init finds a
@@ -312,14 +365,8 @@ def _latent_report(split, s, common):
     seconds['references'] += time.perf_counter() - t
     wd_full, full_run, seconds['full_retrain'] = _select_wd(
         split.n_users, split.n_items, dim, train, val, RETRAIN_WDS,
-        s['_retrain'], '3/3 full retrain')
+        s['_retrain'], 'stage 3/3 full retrain')
 
-    def last_obj(p):
-        pred = 1.0 - np.einsum('ij,ij->i', np.asarray(p[MEMBER], np.float64)[train.user],
-                               np.asarray(p[BOOK], np.float64)[train.item])
-        err = pred - train.label
-        return float(err @ err + lam * sum((np.asarray(p[k], np.float64)[:, -1] ** 2).sum()
-                                           for k in (MEMBER, BOOK)))
     models = {'before': small, 'init': grown, 'masked': after, 'ceiling': ceiling,
               'full_retrain': full_run.params, 'bias_only': bias,
               'global_mean': lambda r: np.full(len(r.label), mean)}
@@ -345,6 +392,7 @@ def _latent_report(split, s, common):
         'carved': {'fit': len(train.label), 'validation': len(val.label)},
         'curves': {'old_model_validation': small_run.curve,
                    'masked_validation': after_run.curve,
+                   'masked_objective': after_run.track,
                    'full_retrain_validation': full_run.curve},
         'seconds': seconds,
     }
