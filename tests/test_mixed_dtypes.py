@@ -8,7 +8,7 @@ optimizer alone would get. Order matters to optimizers that keep something acros
 Nadam's momentum schedule moves at every call, SGLD draws its noise from one stream in call
 order, LARS and LBSGD read the learning rate per call. Here float16 and float32 parameters
 alternate, so a grouping by dtype in front of an optimizer that does not aggregate changes the
-order (issue 16: Nadam and SGLD gave other bits without any mask).
+order (the regression: Nadam and SGLD gave other bits without any mask).
 
 Every registered optimizer (the table of ``test_exact_all_optimizers``) runs with no mask at
 all, and with masks on some parameters (float16 and float32 ones) beside unmasked ones;
@@ -20,8 +20,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, state_arrays
+from exact import params_for
 from mxnet import gluon
-from test_exact_all_optimizers import CONFIGS, NO_FLOAT64, NO_WD, params_for
+from optim_db import CONFIGS, NO_FLOAT64, NO_WD
 
 import masked_opt as mo
 
