@@ -10,7 +10,7 @@ order, LARS and LBSGD read the learning rate per call. Here float16 and float32 
 alternate, so a grouping by dtype in front of an optimizer that does not aggregate changes the
 order (the regression: Nadam and SGLD gave other bits without any mask).
 
-Every registered optimizer (the table of ``test_exact_all_optimizers``) runs with no mask at
+Every registered optimizer (the table in ``optim_db``) runs with no mask at
 all, and with masks on some parameters (float16 and float32 ones) beside unmasked ones;
 the unmasked parameters' weights and states must have the bits of the optimizer alone.
 """
