@@ -100,6 +100,24 @@ def test_malformed_ids_are_refused_and_nothing_is_written(ids, kind, native_on):
     assert (weight.asnumpy()[5, MASKS[kind][1][2]] != after[0][5, MASKS[kind][1][2]])
 
 
+@pytest.mark.parametrize('ids', [[6, 3, 5], [5, 5, 6], [5, 12]])
+def test_standard_update_refuses_malformed_ids_too(ids):
+    """lazy_update=False (pure path only): MXNet's sparse.retain, which it reads the gradient
+    through, binary-searches the ids as if sorted, so [6, 3, 5] lost row 6's gradient."""
+    opt = mo.Masked(base='adam', lazy_update=False, masks={NAME: mo.train_rows_from(4)},
+                    param_idx2name={0: NAME}, learning_rate=0.1)
+    updater = mx.optimizer.get_updater(opt)
+    weight = mx.nd.array(np.random.RandomState(0).normal(size=(V, D)))
+    updater(0, _rsp([4, 5, 6], np.ones((3, D))), weight)
+    before = _snapshot(weight, updater.states[0])
+    with pytest.raises(ValueError, match="parameter 'table_weight'.*sorted, unique"):
+        updater(0, _rsp(ids, np.ones((len(ids), D))), weight)
+    after = _snapshot(weight, updater.states[0])
+    assert_same_bits(before[0], after[0], 'weight')
+    for a, b in zip(before[1], after[1], strict=True):
+        assert_same_bits(a, b, 'state')
+
+
 def test_check_row_ids_names_the_first_bad_position():
     for ids, expect in [([6, 3, 5], 'received id 3 at position 1 after id 6'),
                         ([5, 5, 6], 'received id 5 at position 1 after id 5'),

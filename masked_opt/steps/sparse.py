@@ -110,6 +110,10 @@ class SparseRows(BlockStep):
             hit, pos = plan.positions(ids)
             rows = ids[hit]
         else:
+            # sparse.retain (plan.retained_rows) binary-searches the ids as if sorted and drops
+            # the rows it misses; this path waits for the gradient anyway (.data), so its ids
+            # are checked on the host as on the lazy path (one more copy of at most a batch).
+            check_row_ids(_host_row_ids(grad), plan.shape[0], plan.name)
             hit = None
             rows, pos = plan.row_ids, np.arange(plan.row_ids.size)
         self.empty = rows.size == 0
