@@ -112,8 +112,9 @@ def _parser():
                       'of timestamps after which first-seen users/items are new (default %g)'
                       % DEFAULT_CUTOFF)
     demo.add_argument('--json', action='store_true', help='print the report as JSON')
-    demo.add_argument('--plot', metavar='FILE.png', help='draw embeddings and learning curves '
-                      '(needs matplotlib: pip install matplotlib)')
+    demo.add_argument('--plot', metavar='FILE.png', help='draw the run: the verdict on the '
+                      'frozen entries, the gap to the ceiling per epoch (log scale, every seed) '
+                      'and test RMSE per model (.png, .pdf or .svg)')
     demo.add_argument('--init', default=_grow.DEFAULT_INIT,
                       choices=[m for m in _grow.INIT_METHODS if m != 'copy'],
                       help='how new rows start (default %(default)s)')

@@ -175,6 +175,12 @@ def test_every_rating_equal_is_reported_not_a_zero_division(capsys, tmp_path):
         assert seed['gap']['objective'] == seed['objective']['masked'] > 0
     code, _, err = run(capsys, *TINY[10:], '--data', path, '--mode', 'latent-split')
     assert code == 0, err
+    pytest.importorskip('matplotlib', reason='matplotlib is in the test extra')
+    png = tmp_path / 'constant.png'
+    code, out, err = run(capsys, *TINY[10:], '--data', path, '--new-items', '0.2', '--plot',
+                         str(png))
+    assert code == 0 and 'plot written to' in out, err
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_figures_on_few_ratings_say_so(capsys, tmp_path):
