@@ -5,7 +5,7 @@ compiler directly (``$CXX``, default ``g++``) against the headers of the mxnet w
 build environment (``[build-system] requires`` has ``mxnet==1.9.1``):
 
     $CXX -std=c++11 -shared -fPIC -O2 -ffp-contract=off -Wl,-Bsymbolic -I <mxnet>/include
-         ops.cc dense_cols.cc <mxnet>/src/lib_api.cc
+         ops.cc dense_cols.cc lookup.cc <mxnet>/src/lib_api.cc
          -o masked_opt/_native/libmasked_opt_ops.so
 
 If there is no compiler, no mxnet headers, or the compilation fails, the install still
@@ -31,7 +31,10 @@ except ImportError:  # pragma: no cover - depends on the build environment
         bdist_wheel = None
 
 LIB_NAME = 'masked_opt._native.libmasked_opt_ops'
-SOURCES = [os.path.join('masked_opt', '_native', name) for name in ('ops.cc', 'dense_cols.cc')]
+# One library from every source: ops.cc (the masked update's block ops), dense_cols.cc (the
+# dense column-block update), lookup.cc (the O(batch) embedding lookup).
+SOURCES = [os.path.join('masked_opt', '_native', name)
+           for name in ('ops.cc', 'dense_cols.cc', 'lookup.cc')]
 
 
 def _mxnet_root():

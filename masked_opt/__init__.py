@@ -13,6 +13,7 @@ Examples
 # Importing states makes MXNet's get_updater give a Masked optimizer its MaskedUpdater;
 # importing validate makes a local/device kvstore's set_optimizer check every mask in the caller.
 from . import states, validate  # noqa: F401
+from .convert import convert_embeddings
 from .grow import (
                    DEFAULT_INIT,
                    INIT_METHODS,
@@ -38,6 +39,7 @@ from .masks import (
 )
 from .optimizer import Masked
 from .state_view import OptimizerState, optimizer_state
+from .statefile import load_states, save_states
 
 __version__ = '0.1.0'
 
@@ -45,4 +47,5 @@ __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze
            'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',
            'grow_table', 'grow_params', 'grow_embedding', 'grow_dense', 'grow_vocab', 'init_rows',
            'row_stats',
-           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT', 'optimizer_state', 'OptimizerState']
+           'VocabGrowth', 'INIT_METHODS', 'DEFAULT_INIT', 'optimizer_state', 'OptimizerState',
+           'convert_embeddings', 'save_states', 'load_states']

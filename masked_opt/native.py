@@ -1,22 +1,28 @@
 """Optional native operators for the sparse path: find, check and load them, once.
 
-``pip install .`` compiles ``masked_opt/_native/ops.cc`` into ``libmasked_opt_ops.so`` when a
-C++ compiler is there (see setup.py). The library adds three MXNet CPU operators, run on
-MXNet's engine like any other, so a row_sparse gradient's row ids are never read on the host:
+``pip install .`` compiles ``masked_opt/_native/*.cc`` into ``libmasked_opt_ops.so`` when a
+C++ compiler is there (see setup.py). The library adds three MXNet CPU operators for the sparse
+path, run on MXNet's engine like any other, so a row_sparse gradient's row ids are never read
+on the host:
 
 * ``mx.nd.masked_opt_rsp_block(grad, lo=, hi=, c0=, c1=)``: rows ``[lo, hi)`` (ids shifted by
   ``-lo``) and columns ``[c0, c1)`` of a row_sparse ``grad``, as a row_sparse array;
 * ``mx.nd.masked_opt_rsp_block_gather(grad, weight, scratch, lo=, hi=, c0=, c1=)``: the same,
   and the weight's block at those rows copied into ``scratch`` (in place), in one operation;
 * ``mx.nd.masked_opt_scatter_rows(weight, block, gblock, c0=, out=weight)``: writes
-  ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place.
+  ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place;
 
-and one for dense gradients (``masked_opt/_native/dense_cols.cc``):
+one for dense gradients (``masked_opt/_native/dense_cols.cc``):
 
 * ``mx.nd.masked_opt_dense_cols(weight, grad, *states, kernel=, lo=, hi=, c0=, c1=, ...,
   out=weight)``: one SGD or Adam step on the block ``[lo, hi) x [c0, c1)`` of a dense weight
   and its state, in place, with the arithmetic of MXNet's own kernel (see
-  :mod:`masked_opt.inplace_check` for how that is checked).
+  :mod:`masked_opt.inplace_check` for how that is checked);
+
+and an embedding lookup (``masked_opt/_native/lookup.cc``):
+
+* ``mx.nd.masked_opt_lookup(ids, weight, input_dim=, output_dim=)``: MXNet's ``Embedding`` with
+  an O(batch) row_sparse backward (see :mod:`masked_opt.convert`).
 
 The library is looked for in this order: ``$MASKED_OPT_NATIVE_LIB`` (an explicit path, the only
 one tried when set), next to this module (``masked_opt/_native/``, a checkout or editable
@@ -49,11 +55,11 @@ __all__ = ['ABI', 'LIB_NAME', 'Status', 'available', 'status', 'notify_fallback'
            'rsp_block', 'rsp_block_gather', 'scatter_rows', 'dense_cols']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
-ABI = 4
+ABI = 5
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
 OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows',
-       'masked_opt_dense_cols')
+       'masked_opt_dense_cols', 'masked_opt_lookup')
 
 REBUILD = ('install a C++ compiler (g++) and reinstall masked_opt from its source with '
            '`pip install --force-reinstall --no-deps .`')

@@ -28,12 +28,14 @@ def test_quick_run_prints_every_table_and_the_targets(tmp_path):
         assert '%s steps/s (x plain)' % method in text, method
     assert '(x1.00)' in text and 'GiB' in text and 'MiB' in text
     for target in ('new rows sparse >= 0.95x plain sparse', 'new rows dense >= 1.4x plain',
-                   '<= 2% of unmasked', 'within 1.3x', 'peak RSS <= plain'):
+                   '<= 2% of unmasked', 'converted / unconverted step at',
+                   'lookup forward+backward, converted', 'peak RSS <= plain'):
         assert target in text, target
     assert report.read_text().strip() == text.strip()
 
 
-@pytest.mark.parametrize('name', ['models', 'harness', 'training', 'state', 'step', 'placement'])
+@pytest.mark.parametrize('name', ['models', 'harness', 'training', 'state', 'step', 'placement',
+                                  'scale'])
 def test_docstring_examples_run(name, monkeypatch):
     monkeypatch.syspath_prepend(ROOT)   # benchmarks/ is run from the repository, not installed
     module = __import__('benchmarks.' + name, fromlist=[name])

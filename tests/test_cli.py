@@ -175,6 +175,10 @@ def _bad_file(tmp_path, kind):
         lines = lines[:5]
     elif kind == 'all_old':
         lines = ['%d\t%d\t3\t%d' % (k % 5, k % 4, k) for k in range(60)]
+    elif kind == 'long_id':
+        lines[6] = '12345678901234567890\t7\t4\t881250949'       # a 20-digit hashed id
+    elif kind == 'huge_rating':
+        lines[2] = '3\t7\t1e308\t881250949'
     return write(tmp_path, '\n'.join(lines) + '\n')
 
 
@@ -182,6 +186,8 @@ def _bad_file(tmp_path, kind):
     (['--data', '{tmp}/missing.data'], 'cannot read ratings file .*missing.data'),
     (['--data', 'malformed'], r'u.data:5: expected a finite number as rating'),
     (['--data', 'short'], 'holds 5 ratings; expected at least 20'),
+    (['--data', 'long_id'], r'u.data:7: user id 12345678901234567890 does not fit a 64-bit'),
+    (['--data', 'huge_rating', '--new-items', '0.2'], r'u.data:3: rating 1e308 is outside'),
     (['--data', 'all_old', '--cutoff', '0.9'], 'cutoff 0.9 leaves no new users and no new items'),
     (['--data', 'malformed', '--cutoff', '1.5'], 'u.data:5'),  # file errors come first
     (['--cutoff', '1.5', '--data', 'all_old'], 'strictly between 0 and 1'),
@@ -195,6 +201,16 @@ def _bad_file(tmp_path, kind):
     (['--epochs', 'ten'], "--epochs: expected a positive int, received 'ten'"),
     (['--seeds', '0'], "--seeds: expected a positive int, received '0'"),
     (['--learning-rate', 'nan'], 'expected a positive float'),
+    (['--learning-rate', 'inf'], "--learning-rate: expected a positive float, received 'inf'"),
+    (['--retrain-learning-rate=-inf'], "expected a positive float, received '-inf'"),
+    # Finite but diverging: a one-line error naming the phase (a traceback from the report or
+    # from growing NaN rows before).
+    (['--learning-rate', '1e30'], r'stage 2/3 new rows \(masked\): training diverged \(NaN or '
+     r'Inf .* learning rate 1e\+30\); lower that phase\'s learning rate \(--learning-rate for '
+     r'the masked phase'),
+    (['--retrain-learning-rate', '1e30'], r'stage 1/3 old model \(wd 0\): training diverged'),
+    (['--mode', 'latent-split', '--learning-rate', '1e30'], r'stage 2/3 last dim \(masked\): '
+     r'training diverged'),
     (['--seed', '-1'], 'expected a non-negative integer'),
     (['--mode', 'bogus'], "invalid choice: 'bogus'"),
     (['--init', 'copy'], "invalid choice: 'copy'"),
@@ -211,7 +227,7 @@ def _bad_file(tmp_path, kind):
 def test_bad_input_one_line_exit_2(capsys, tmp_path, args, message):
     fixed = []
     for a in args:
-        if a in ('malformed', 'short', 'all_old'):
+        if a in ('malformed', 'short', 'all_old', 'long_id', 'huge_rating'):
             a = _bad_file(tmp_path, a)
         fixed.append(a.replace('{tmp}', str(tmp_path)))
     if any('plot' in a for a in args):
@@ -222,6 +238,15 @@ def test_bad_input_one_line_exit_2(capsys, tmp_path, args, message):
     assert out == ''
     assert err.count('\n') == 1 and err.startswith('masked-opt: error: '), err
     assert re.search(message, err), err
+
+
+def test_boundaries_that_are_valid_input(capsys):
+    # --seed 0 is a seed (not "missing"); --per-user equal to --items: every user rates every
+    # item, the most the synthetic data allows.
+    code, r = run_json(capsys, *TINY, '--seed', '0', '--seeds', '1', '--per-user', '40',
+                       '--epochs', '1', '--new-epochs', '1')
+    assert code == 0 and r['seeds'] == [0]
+    assert r['data']['old_train'] + r['data']['old_test'] == 60 * 40
 
 
 def test_help_is_plain_text(capsys):

@@ -54,6 +54,23 @@ def test_load_ratings_reads_movielens_formats(tmp_path, sep):
     ('1\t2\tfive\t4', r":3: expected a finite number as rating, received 'five'"),
     ('1\t2\tnan\t4', r":3: expected a finite number as rating, received 'nan'"),
     ('1\t2\tinf\t4', r":3: expected a finite number as rating, received 'inf'"),
+    # Python's int/float take these; no MovieLens-format writer produces them.
+    ('1_000\t2\t3\t4', r':3: expected integer user id'),
+    ('\u0661\t2\t3\t4', r':3: expected integer user id'),               # ARABIC-INDIC ONE
+    ('1\t2\tinfinity\t4', r":3: expected a finite number as rating, received 'infinity'"),
+    ('1\t2\t3\u20284', r':3: expected 4 fields'),           # not a line break, not a tab
+    # Beyond int64: a 20-digit hashed id (OverflowError escaped before).
+    ('12345678901234567890\t2\t3\t4', r':3: user id 12345678901234567890 does not fit a '
+     r'64-bit integer \(expected -2\*\*63 to 2\*\*63 - 1\); renumber the ids'),
+    ('1\t-9223372036854775809\t3\t4', r':3: item id -9223372036854775809 does not fit'),
+    ('1\t2\t3\t99999999999999999999', r':3: timestamp 99999999999999999999 does not fit a '
+     r'64-bit integer .* seconds since 1970'),
+    # Finite but huge (training overflowed and blamed the embedding before), or a timestamp in
+    # the rating column.
+    ('1\t2\t1e308\t4', r':3: rating 1e308 is outside \[-1e6, 1e6\] \(expected scores like 1-5 '
+     r'.*check that the columns are user, item, rating, timestamp, or rescale'),
+    ('1\t2\t881250949\t4', r':3: rating 881250949 is outside'),
+    ('1\t2\t-1000000.5\t4', r':3: rating -1000000.5 is outside'),
 ])
 def test_load_ratings_malformed_line_names_its_number(tmp_path, bad_line, match):
     lines = movielens_lines().splitlines()
@@ -61,6 +78,27 @@ def test_load_ratings_malformed_line_names_its_number(tmp_path, bad_line, match)
     path = write(tmp_path, '\n'.join(lines))
     with pytest.raises(DataError, match=match):
         load_ratings(path)
+
+
+def test_load_ratings_accepts_the_edges_of_its_ranges(tmp_path):
+    lines = movielens_lines().splitlines()
+    lines[0] = '9223372036854775807\t-9223372036854775808\t1e6\t-9223372036854775808'
+    lines[1] = '+7\t8\t-1E+6\t9223372036854775807\r'        # a sign, CRLF line ending
+    path = write(tmp_path, '\ufeff' + '\n'.join(lines))  # a byte-order mark (Excel) is no data
+    raw = load_ratings(path)
+    assert raw.user[:2].tolist() == [2 ** 63 - 1, 7] and raw.item[0] == -2 ** 63
+    assert raw.rating[:2].tolist() == [1e6, -1e6]
+    assert raw.timestamp[:2].tolist() == [-2 ** 63, 2 ** 63 - 1]
+
+
+def test_line_numbers_are_the_editors(tmp_path):
+    # A form feed ends a line for str.splitlines, not for an editor or `sed -n 5p`: the line
+    # number in a message must be the one they show (it said 6 here before).
+    lines = movielens_lines().splitlines()
+    lines[1] += '\x0c'
+    lines[4] = '1\t2\t3'
+    with pytest.raises(DataError, match=r'u\.data:5: expected 4 fields'):
+        load_ratings(write(tmp_path, '\n'.join(lines)))
 
 
 def test_load_ratings_missing_short_and_binary_files(tmp_path):

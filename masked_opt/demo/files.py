@@ -5,6 +5,8 @@
 :class:`~masked_opt.demo.data.RawRatings` into a :class:`~masked_opt.demo.data.Split`.
 """
 import math
+import re
+import string
 
 import numpy as np
 
@@ -20,15 +22,23 @@ from .data import (
     subset,
 )
 
-__all__ = ['load_ratings', 'time_split', 'holdout_split', 'random_split']
+__all__ = ['load_ratings', 'time_split', 'holdout_split', 'random_split', 'MAX_RATING']
+
+MAX_RATING = 1e6
+"""Largest rating magnitude a file may hold.
+
+Ratings are scores (1-5 stars, 0/1 clicks, a 0-100 scale); the forum's model fits them in
+float32, where the squared errors of ratings near ``1e19`` already overflow and training
+returns NaN. A number above a million in the rating column is almost always another column
+(a timestamp, an id) in its place, so the loader stops there and names the line."""
 
 
 def load_ratings(path):
     """Read ratings in MovieLens format: ``user<TAB>item<TAB>rating<TAB>timestamp``.
 
     ``u.data`` of MovieLens 100k is tab-separated; ``ratings.dat`` of MovieLens 1M/10M uses
-    ``::``; both are accepted. Blank lines are skipped. Ids and timestamps are integers,
-    ratings finite numbers.
+    ``::``; both are accepted. Blank lines are skipped. Ids and timestamps are decimal integers
+    that fit int64, ratings finite decimal numbers of magnitude at most :data:`MAX_RATING`.
 
     Parameters
     ----------
@@ -42,8 +52,8 @@ def load_ratings(path):
     Raises
     ------
     DataError
-        Missing or unreadable file, a malformed line (the message gives ``path:line``), or
-        fewer than :data:`MIN_RATINGS` ratings.
+        Missing or unreadable file, a malformed line or a number out of range (the message
+        gives ``path:line``), or fewer than :data:`~masked_opt.demo.data.MIN_RATINGS` ratings.
 
     Examples
     --------
@@ -58,8 +68,8 @@ def load_ratings(path):
     (25, [1, 1, 1], [3.0, 4.0, 5.0])
     """
     try:
-        with open(path, encoding='utf-8') as f:
-            lines = f.read().splitlines()
+        with open(path, encoding='utf-8-sig') as f:   # -sig: a byte-order mark is not data
+            text = f.read()
     except OSError as err:
         raise DataError('cannot read ratings file %s: %s' % (path, err.strerror or err)) \
             from None
@@ -67,25 +77,12 @@ def load_ratings(path):
         raise DataError('%s is not a text file (expected UTF-8 lines user<TAB>item<TAB>'
                         'rating<TAB>timestamp)' % path) from None
     users, items, values, times = [], [], [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    # Lines end at '\n' only (not at str.splitlines' other separators), so the line numbers
+    # in messages are those an editor or `sed -n Np` shows.
+    for number, line in enumerate(text.split('\n'), start=1):
+        user, item, value, stamp = _parse_line(line, path, number)
+        if user is None:
             continue
-        fields = line.split('::') if '::' in line else line.split()
-        if len(fields) != 4:
-            raise DataError('%s:%d: expected 4 fields user<TAB>item<TAB>rating<TAB>timestamp, '
-                            'received %d: %r' % (path, number, len(fields), line[:80]))
-        try:
-            user, item, stamp = int(fields[0]), int(fields[1]), int(fields[3])
-        except ValueError:
-            raise DataError('%s:%d: expected integer user id, item id and timestamp, received '
-                            '%r' % (path, number, line[:80])) from None
-        try:
-            value = float(fields[2])
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise DataError('%s:%d: expected a finite number as rating, received %r'
-                            % (path, number, fields[2]))
         users.append(user)
         items.append(item)
         values.append(value)
@@ -95,6 +92,51 @@ def load_ratings(path):
                         % (path, len(values), MIN_RATINGS))
     return RawRatings(np.array(users, dtype=np.int64), np.array(items, dtype=np.int64),
                       np.array(values, dtype=np.float64), np.array(times, dtype=np.int64))
+
+
+_INTEGER = re.compile(r'[+-]?[0-9]+\Z')
+_NUMBER = re.compile(r'[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\Z')
+_INT64 = (-2 ** 63, 2 ** 63 - 1)
+_RENUMBER = 'renumber the ids (0, 1, 2, ...) or hash them to at most 18 digits'
+_MAX_TEXT = ('%g' % MAX_RATING).replace('e+0', 'e').replace('e+', 'e')   # 1e6, not 1e+06
+
+
+def _parse_line(line, path, number):
+    """``(user, item, rating, timestamp)`` of one line, ``(None,) * 4`` for a blank one.
+
+    Only ASCII decimal numbers count: Python's ``int`` and ``float`` would also take ``1_000``,
+    other scripts' digits and ``infinity``, which no MovieLens-format writer produces.
+    """
+    line = line.strip(string.whitespace)             # ASCII blanks only, '\u2028' is no blank
+    if not line:
+        return None, None, None, None
+    fields = line.split('::') if '::' in line else re.split(r'[ \t]+', line)
+    fields = [f.strip(string.whitespace) for f in fields]
+    where = '%s:%d' % (path, number)
+    if len(fields) != 4:
+        raise DataError('%s: expected 4 fields user<TAB>item<TAB>rating<TAB>timestamp, '
+                        'received %d: %r' % (where, len(fields), line[:80]))
+    if not all(_INTEGER.match(fields[k]) for k in (0, 1, 3)):
+        raise DataError('%s: expected integer user id, item id and timestamp, received %r'
+                        % (where, line[:80]))
+    user, item, stamp = int(fields[0]), int(fields[1]), int(fields[3])
+    for what, text, value, fix in (('user id', fields[0], user, _RENUMBER),
+                                   ('item id', fields[1], item, _RENUMBER),
+                                   ('timestamp', fields[3], stamp, 'a timestamp counts seconds '
+                                    'since 1970 (e.g. 881250949): check the column order')):
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise DataError('%s: %s %s does not fit a 64-bit integer (expected -2**63 to '
+                            '2**63 - 1); %s' % (where, what, text[:40], fix))
+    value = float(fields[2]) if _NUMBER.match(fields[2]) else math.nan
+    if not math.isfinite(value):
+        raise DataError('%s: expected a finite number as rating, received %r'
+                        % (where, fields[2][:40]))
+    if abs(value) > MAX_RATING:
+        raise DataError('%s: rating %s is outside [-%s, %s] (expected scores like 1-5 or 0/1; '
+                        'the model fits them in float32): check that the columns are user, '
+                        'item, rating, timestamp, or rescale the ratings'
+                        % (where, fields[2][:40], _MAX_TEXT, _MAX_TEXT))
+    return user, item, value, stamp
 
 
 def _first_seen_vocab(ids):

@@ -14,9 +14,13 @@ import time
 import mxnet as mx
 import numpy as np
 
-__all__ = ['MEMBER', 'BOOK', 'forum_mf', 'rmse', 'fit', 'Fit']
+__all__ = ['MEMBER', 'BOOK', 'forum_mf', 'rmse', 'fit', 'Fit', 'DemoError']
 
 MEMBER, BOOK = 'member_embedding_weight', 'book_embedding_weight'
+
+class DemoError(ValueError):
+    """Settings the demo cannot run with, or a training run they made diverge (one line)."""
+
 
 Fit = collections.namedtuple('Fit', 'params epoch curve seconds track', defaults=(None,))
 Fit.__doc__ = """One training run: ``params`` (numpy, of the chosen ``epoch``, 1-based), the
@@ -96,6 +100,12 @@ def fit(n_users, n_items, latent_dim, train, val, *, epochs, batch_size, learnin
     Returns
     -------
     Fit
+
+    Raises
+    ------
+    DemoError
+        Every epoch ended with NaN or Inf in the weights or the validation RMSE (a learning
+        rate too large for the ratings' scale): nothing to choose from.
     """
     mx.random.seed(seed)
     np.random.seed(seed)
@@ -126,7 +136,11 @@ def fit(n_users, n_items, latent_dim, train, val, *, epochs, batch_size, learnin
         curve.append(rmse(params, val))
         if track is not None:
             tracked.append(track(params))
-        if not best or curve[-1] < best['score']:
+        # A diverged epoch is never the chosen one: NaN compares false, so without this check
+        # a NaN first epoch would stay "best", and its NaN rows would reach the next phase.
+        finite = curve[-1] is not None and math.isfinite(curve[-1]) and all(
+            np.isfinite(v).all() for v in params.values())
+        if finite and (not best or curve[-1] < best['score']):
             best.update(score=curve[-1], epoch=epoch + 1, params=params)
         if progress is not None:
             progress.note('validation RMSE %.4f' % curve[-1])
@@ -138,5 +152,11 @@ def fit(n_users, n_items, latent_dim, train, val, *, epochs, batch_size, learnin
             {k: mx.nd.array(v, dtype=v.dtype) for k, v in arg_params.items()},
             batch_end_callback=on_batch, epoch_end_callback=on_epoch)
     seconds = time.perf_counter() - start
+    if not best:
+        raise DemoError('%s: training diverged (NaN or Inf in the weights or the validation '
+                        'RMSE after each of its %d epochs, learning rate %g); lower that '
+                        'phase\'s learning rate (--learning-rate for the masked phase, '
+                        '--retrain-learning-rate for the old model and the full retrain)'
+                        % (desc or 'Module.fit', epochs, learning_rate))
     return Fit(best['params'], best['epoch'], curve, seconds,
                tracked if track is not None else None)

@@ -30,7 +30,7 @@ from .. import grow as _grow
 from ..masks import train_cols
 from . import reference as ref
 from .data import PAIR_TYPES, Ratings, pair_types, validation_split
-from .model import BOOK, MEMBER, fit, rmse
+from .model import BOOK, MEMBER, DemoError, fit, rmse
 from .progress import Progress
 
 __all__ = ['run_demo', 'planned_batches', 'frozen_changed', 'RETRAIN_WDS', 'DEMO_DEFAULTS']
@@ -42,10 +42,6 @@ RETRAIN_WDS = (0.0, 1e-4, 1e-3)
 DEMO_DEFAULTS = dict(latent_dim=8, epochs=40, new_epochs=None, batch_size=128,
                      learning_rate=0.01, halve_every=None, retrain_learning_rate=0.03,
                      retrain_halve_every=8, init=_grow.DEFAULT_INIT)
-
-
-class DemoError(ValueError):
-    """Settings the demo cannot run with (one-line message)."""
 
 
 def frozen_changed(before, after):
@@ -81,7 +77,7 @@ def _select_wd(n_users, n_items, dim, train, val, wds, common, desc):
     """Train once per ``wd``; keep the run (and epoch) with the lowest validation RMSE."""
     runs = {wd: fit(n_users, n_items, dim, train, val, wd=wd,
                     desc='%s (wd %g)' % (desc, wd), **common) for wd in wds}
-    wd = min(runs, key=lambda w: min(runs[w].curve))
+    wd = min(runs, key=lambda w: runs[w].curve[runs[w].epoch - 1])   # its chosen epoch's RMSE
     return wd, runs[wd], sum(r.seconds for r in runs.values())
 
 
