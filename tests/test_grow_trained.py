@@ -4,8 +4,8 @@ A Trainer or Module that updates on a kvstore keeps the trained table there. For
 MXNet pulls it back into the parameter after every step; for a row_sparse weight
 (``contrib.nn.SparseEmbedding``, ``sym.contrib.SparseEmbedding``) it does not: each forward
 pulls only the rows of its batch, before the step's update, so the layer's own copy holds stale
-rows of the last batch (issue 16: a (10, 4) table trained on ids {1, 2}, {5, 6}, {1, 2} grew
-into a table storing rows [1, 2, 10, 11, 12]; none of the ten old rows equalled the trained
+rows of the last batch (a (10, 4) table trained on ids {1, 2}, {5, 6}, {1, 2} grew into a
+table storing rows [1, 2, 10, 11, 12]; none of the ten old rows equalled the trained
 table). Each case here trains, grows, checks the old rows against the trained table on the bits
 (read from a twin trained identically, or from the kvstore itself), then trains on with a new
 Trainer (or Module) and the returned mask: old rows keep their bits, new rows in the batch move.

@@ -55,7 +55,8 @@ from .native_rows import NativeRows
 from .sparse import SparseRows
 from .stand_in import StandIn
 
-__all__ = ['PATHS', 'choose', 'native_ranges', 'native_reason', 'native_available']
+__all__ = ['PATHS', 'choose', 'updater_calls', 'native_ranges', 'native_reason',
+           'native_available']
 
 #: The values of ``path`` (see the module doc).
 PATHS = ('auto', 'pure', 'native')
@@ -136,6 +137,31 @@ def choose(plan, index, weight, grad, base, *, full_state, multi_precision, stan
         # parameter (counting alone left Nadam's schedule behind).
         return StandIn(stand_ins)
     return step
+
+
+def updater_calls(weights, aggregate_num):
+    """The calls MXNet 1.9.1's ``Updater`` makes to an optimizer for one list of parameters.
+
+    Positions into ``weights``, one list per call. An optimizer that aggregates
+    (``aggregate_num > 0``) gets the parameters grouped by dtype, dtypes in order of first
+    appearance, in calls of at most ``aggregate_num``; any other gets them one at a time, in
+    order (``Updater.__call__`` in ``mxnet/optimizer/optimizer.py``).
+
+    Examples
+    --------
+    >>> import mxnet as mx
+    >>> from masked_opt.steps import updater_calls
+    >>> ws = [mx.nd.zeros(1), mx.nd.zeros(1, dtype='float16'), mx.nd.zeros(1)]
+    >>> updater_calls(ws, 0), updater_calls(ws, 4), updater_calls(ws, 1)
+    ([[0], [1], [2]], [[0, 2], [1]], [[0], [2], [1]])
+    """
+    if aggregate_num <= 0:
+        return [[k] for k in range(len(weights))]
+    by_dtype = {}
+    for k, w in enumerate(weights):
+        by_dtype.setdefault(w.dtype, []).append(k)
+    return [ks[start:start + aggregate_num] for ks in by_dtype.values()
+            for start in range(0, len(ks), aggregate_num)]
 
 
 def native_reason(plan, index, weight, base, *, full_state, multi_precision):
