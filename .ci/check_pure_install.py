@@ -39,5 +39,12 @@ assert (after[91] != before[91]).all(), 'trainable row did not train'
 notices = [r.getMessage() for r in records]
 print('\n'.join(notices))
 assert len(notices) == 1 and 'pure' in notices[0], notices
+# convert_embeddings: the model comes back unconverted, with one warning saying why.
+records.clear()
+sym = mx.sym.Embedding(mx.sym.Variable('ids'), input_dim=9, output_dim=2, sparse_grad=True)
+assert mo.convert_embeddings(sym) is sym
+assert type(mo.convert_embeddings(net)) is mx.gluon.nn.Embedding
+notices = [r.getMessage() for r in records]
+assert len(notices) == 2 and all('native library not available' in n for n in notices), notices
 print('pure-path install OK')
 sys.exit(0)

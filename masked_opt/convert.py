@@ -13,17 +13,16 @@ cannot serve are left as they are and named in one log line, with the reason.
 import functools
 import json
 import logging
+import sys
 
 import mxnet as mx
-from mxnet import autograd, gluon
 
 from . import native
 
-__all__ = ['convert_embeddings', 'check_bind', 'LookupEmbedding', 'LookupSparseEmbedding',
-           'OP']
+__all__ = ['convert_embeddings', 'check_bind', 'OP']
 
 #: The native operator's name (``mx.nd.masked_opt_lookup`` / ``mx.sym.masked_opt_lookup``).
-OP = 'masked_opt_lookup'
+OP = native.LOOKUP_OP
 # MXNet operators whose sparse-gradient form the lookup replaces, by Symbol JSON op name.
 _SPARSE_OPS = ('Embedding', '_contrib_SparseEmbedding')
 _log = logging.getLogger('masked_opt')
@@ -56,6 +55,7 @@ def _no_native():
 
 # ------------------------------------------------------------------------------- Symbol
 def _convert_symbol(sym, ctx):
+    _guard_module_bind()
     graph = json.loads(sym.tojson())
     nodes = graph['nodes']
     converted, left = [], []
@@ -94,7 +94,10 @@ def _convert_symbol(sym, ctx):
 
 def _lookup_weights(sym):
     """Names of the weight variables that feed a ``masked_opt_lookup`` node of `sym`."""
-    nodes = json.loads(sym.tojson())['nodes']
+    text = sym.tojson()
+    if OP not in text:
+        return []
+    nodes = json.loads(text)['nodes']
     return [nodes[n['inputs'][1][0]]['name'] for n in nodes if n['op'] == OP]
 
 
@@ -116,7 +119,7 @@ def check_bind(sym, grad_req='write', inputs_need_grad=False):
     ...
     ValueError: grad_req='add' for e_weight, which masked_opt_lookup computes: ...
     """
-    weights = _lookup_weights(sym) if OP in sym.tojson() else []
+    weights = _lookup_weights(sym)
     if not weights:
         return
     if isinstance(grad_req, str):
@@ -140,9 +143,14 @@ def check_bind(sym, grad_req='write', inputs_need_grad=False):
 
 
 def _guard_module_bind():
-    """Make ``Module.bind`` call :func:`check_bind` first (once per process)."""
-    bind = mx.mod.Module.bind
-    if getattr(bind, '_masked_opt_lookup', False):
+    """Make ``Module.bind`` call :func:`check_bind` first (once per process).
+
+    Run at import when MXNet's Module class exists, else by the first conversion: a kvstore
+    server imports masked_opt while mxnet itself is still importing.
+    """
+    module = getattr(sys.modules.get('mxnet.module'), 'Module', None)
+    bind = getattr(module, 'bind', None)
+    if bind is None or getattr(bind, '_masked_opt_lookup', False):
         return
 
     @functools.wraps(bind)
@@ -154,58 +162,13 @@ def _guard_module_bind():
         return bind(self, data_shapes, label_shapes, for_training, inputs_need_grad,
                     force_rebind, shared_module, grad_req)
     checked_bind._masked_opt_lookup = True
-    mx.mod.Module.bind = checked_bind
+    module.bind = checked_bind
 
 
 _guard_module_bind()
 
 
 # ------------------------------------------------------------------------------- Gluon
-def _check_grads(layer, x):
-    """Refuse what MXNet's Embedding refuses and the native op cannot see (it gets no `req`)."""
-    if not autograd.is_recording():
-        return
-    if layer.weight.grad_req == 'add':
-        raise ValueError(
-            "%s: grad_req='add' on %s: MXNet's sparse Embedding refuses to accumulate its "
-            "row_sparse gradient (\"doesn't support weight gradient calculation with req != "
-            "write\"), and so does the converted lookup. Use grad_req='write', or sum the "
-            "gradients yourself" % (layer.name, layer.weight.name))
-    if isinstance(x, mx.nd.NDArray) and x.grad is not None:
-        raise ValueError(
-            "%s: the ids have a gradient attached; MXNet's Embedding does not compute a "
-            "gradient for its ids (\"doesn't support calculate data gradient\"), nor does the "
-            "converted lookup. Do not attach_grad() to the ids" % layer.name)
-
-
-class LookupEmbedding(gluon.nn.Embedding):
-    """``nn.Embedding(sparse_grad=True)`` computed by ``masked_opt_lookup``.
-
-    Not built directly: :func:`convert_embeddings` switches an existing layer to this class,
-    so its ``Parameter`` and its place in the parent stay the same.
-    """
-
-    def forward(self, x, *args):
-        _check_grads(self, x)
-        return super().forward(x, *args)
-
-    def hybrid_forward(self, F, x, weight):
-        if isinstance(weight, mx.nd.NDArray) and weight.context.device_type != 'cpu':
-            return super().hybrid_forward(F, x, weight)   # CPU-only op: MXNet's on GPUs
-        return getattr(F, OP)(x, weight, name='fwd', **self._kwargs)
-
-
-class LookupSparseEmbedding(gluon.contrib.nn.SparseEmbedding):
-    """``contrib.nn.SparseEmbedding`` (row_sparse weight) computed by ``masked_opt_lookup``."""
-
-    def forward(self, x):
-        _check_grads(self, x)
-        weight = self.weight.row_sparse_data(x)
-        if weight.context.device_type != 'cpu':
-            return super().forward(x)
-        return getattr(mx.nd, OP)(x, weight, name='fwd', **self._kwargs)
-
-
 def _blocks(block, prefix=''):
     """(path, block) for `block` and every block under it, parents first."""
     yield prefix or block.name, block
@@ -230,6 +193,9 @@ def _layer_blocker(layer):
 
 
 def _convert_block(block):
+    from mxnet import gluon
+
+    from .lookup_layers import LookupEmbedding, LookupSparseEmbedding
     converted, left, hybrid = [], [], []
     blocker = _no_native()
     for path, b in _blocks(block):
@@ -295,7 +261,10 @@ def convert_embeddings(model, ctx=None):
     parameter files are the same as the unconverted model's. The lookup cannot see a gradient
     request: a Gluon layer refuses ``grad_req='add'`` and ids with an attached gradient, as
     MXNet's Embedding does; ``Module.bind`` refuses them for a converted Symbol
-    (:func:`check_bind`). An executor bound by hand (``simple_bind``) is not checked.
+    (:func:`check_bind`). An executor bound by hand (``simple_bind``) is not checked. A Block
+    that will live on a GPU: convert it after ``initialize`` (it is then left as it is); a
+    converted layer called imperatively on a GPU runs MXNet's Embedding, but a hybridized
+    graph traced before the Parameters' context is known would name the CPU-only lookup.
 
     Examples
     --------
@@ -315,7 +284,7 @@ def convert_embeddings(model, ctx=None):
         elif isinstance(ctx, mx.Context):
             ctx = [ctx]
         return _convert_symbol(model, list(ctx))
-    if isinstance(model, gluon.Block):
+    if isinstance(model, mx.gluon.Block):
         if ctx is not None:
             raise TypeError('convert_embeddings: ctx is for a Symbol; a Block\'s contexts are '
                             'those of its Parameters (got ctx=%r)' % (ctx,))

@@ -51,15 +51,17 @@ from collections import namedtuple
 
 import mxnet as mx
 
-__all__ = ['ABI', 'LIB_NAME', 'Status', 'available', 'status', 'notify_fallback',
+__all__ = ['ABI', 'LIB_NAME', 'LOOKUP_OP', 'Status', 'available', 'status', 'notify_fallback',
            'rsp_block', 'rsp_block_gather', 'scatter_rows', 'dense_cols']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
-ABI = 5
+ABI = 6
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
+#: The embedding lookup's operator name (``mx.nd.masked_opt_lookup``; see masked_opt.convert).
+LOOKUP_OP = 'masked_opt_lookup'
 OPS = ('masked_opt_rsp_block', 'masked_opt_rsp_block_gather', 'masked_opt_scatter_rows',
-       'masked_opt_dense_cols', 'masked_opt_lookup')
+       'masked_opt_dense_cols', LOOKUP_OP)
 
 REBUILD = ('install a C++ compiler (g++) and reinstall masked_opt from its source with '
            '`pip install --force-reinstall --no-deps .`')
@@ -243,34 +245,48 @@ def _op(name):
     return getattr(mx.nd, name)
 
 
-def rsp_block(grad, lo, hi, c0, c1):
+def _named(param):
+    """The optional ``param`` attribute: the parameter's name, for the ops' error messages."""
+    return {} if param is None else {'param': str(param)}
+
+
+def rsp_block(grad, lo, hi, c0, c1, param=None):
     """Rows ``[lo, hi)`` and columns ``[c0, c1)`` of a row_sparse (V, D) `grad`, bit for bit.
 
     Returns a row_sparse ``(hi - lo, c1 - c0)`` NDArray whose row ids are grad's ids in
     ``[lo, hi)`` minus `lo`, in order (possibly none). Asynchronous: nothing is read on the host.
+    Bad ranges, shapes or dtypes raise ``MXNetError`` at the call. Row ids that are not sorted,
+    unique and in ``[0, V)`` make the operation fail on the engine before it writes: the error
+    (naming `param`, the parameter, when given) is raised at the next read of the result or of
+    anything computed from it (see :mod:`masked_opt.row_ids`).
     """
-    return _op('masked_opt_rsp_block')(grad, lo=int(lo), hi=int(hi), c0=int(c0), c1=int(c1))
+    return _op('masked_opt_rsp_block')(grad, lo=int(lo), hi=int(hi), c0=int(c0), c1=int(c1),
+                                       **_named(param))
 
 
-def rsp_block_gather(grad, weight, scratch, lo, hi, c0, c1):
+def rsp_block_gather(grad, weight, scratch, lo, hi, c0, c1, param=None):
     """:func:`rsp_block` and the weight's block at the same rows, in one engine operation.
 
     Returns what ``rsp_block(grad, lo, hi, c0, c1)`` returns, and writes, for each of its row
     ids ``r``, ``weight[lo + r, c0:c1]`` into ``scratch[r]`` (dense ``(hi - lo, c1 - c0)``,
     modified in place; its other rows are left as they were). `weight` is dense ``(V, D)``.
+    Errors as :func:`rsp_block`; `scratch` is not written when the ids are refused.
     """
     return _op('masked_opt_rsp_block_gather')(grad, weight, scratch, lo=int(lo), hi=int(hi),
-                                              c0=int(c0), c1=int(c1))
+                                              c0=int(c0), c1=int(c1), **_named(param))
 
 
-def scatter_rows(weight, block, gblock, c0):
+def scatter_rows(weight, block, gblock, c0, param=None):
     """Write ``block[r]`` into ``weight[r, c0:c0+k]`` for each row id ``r`` of `gblock`, in place.
 
     `weight` dense ``(R, D)`` (an axis-0 slice ``big[lo:hi]`` writes into ``big``), `block`
     dense ``(R, k)``, `gblock` row_sparse ``(R, k)``. Every other entry of `weight` keeps its
-    bits. Returns `weight`; the write is queued on MXNet's engine like any update.
+    bits. Returns `weight`; the write is queued on MXNet's engine like any update. Row ids of
+    `gblock` outside ``[0, R)``, or not sorted and unique, fail as in :func:`rsp_block` and
+    leave `weight` as it was.
     """
-    return _op('masked_opt_scatter_rows')(weight, block, gblock, c0=int(c0), out=weight)
+    return _op('masked_opt_scatter_rows')(weight, block, gblock, c0=int(c0), out=weight,
+                                          **_named(param))
 
 
 def dense_cols(weight, grad, states, kernel, attrs, lo, hi, c0, c1):

@@ -59,6 +59,8 @@ class BlockPlan:
         Where the weight lives.
     dtype : numpy dtype
         dtype of the weight; fractional scales are stored in it.
+    name : str, optional
+        The parameter's name, for error messages.
 
     Examples
     --------
@@ -70,8 +72,9 @@ class BlockPlan:
     [[4.0, 5.0], [6.0, 7.0]]
     """
 
-    def __init__(self, shape, rows, cols, ctx, dtype):
+    def __init__(self, shape, rows, cols, ctx, dtype, name=None):
         self.shape = tuple(shape)
+        self.name = name
         self.ctx = ctx
         n_rows = self.shape[0]
         row_ids = np.arange(n_rows) if rows is None else np.flatnonzero(rows)

@@ -351,3 +351,137 @@ def test_without_native_library_model_unconverted_one_log_line():
     assert len(logs) == 2, logs        # one line per call
     assert all(ln.startswith('LOG WARNING') and 'native library not available' in ln
                and 'MASKED_OPT_NATIVE=0' in ln for ln in logs)
+
+
+def test_sparse_embedding_symbol_module_bit_identical():
+    """mx.sym.contrib.SparseEmbedding with a row_sparse weight variable, trained by Module."""
+    def sym():
+        w = mx.sym.Variable('emb_weight', stype='row_sparse')
+        e = mx.sym.contrib.SparseEmbedding(mx.sym.Variable('ids'), w, input_dim=NI,
+                                           output_dim=4, name='emb')
+        return mx.sym.MakeLoss(mx.sym.sum(e * e))
+    out = []
+    for conv in (False, True):
+        s = mo.convert_embeddings(sym()) if conv else sym()
+        assert ('masked_opt_lookup' in ops(s)) == conv
+        mx.random.seed(0)
+        mod = mx.mod.Module(s, data_names=['ids'], label_names=None)
+        mod.bind([('ids', (8,))])
+        mod.init_params(mx.init.Uniform(0.5))
+        mod.init_optimizer(optimizer='masked', optimizer_params=dict(
+            OPTS['adam'], base='adam', masks={'emb_weight': mo.train_rows_from(40)}))
+        rng = np.random.RandomState(0)
+        for _ in range(5):
+            mod.forward_backward(mx.io.DataBatch([mx.nd.array(rng.randint(0, NI, 8))]))
+            mod.update()
+        out.append(mod.get_params()[0]['emb_weight'].tostype('default'))
+    assert_same_bits(out[0], out[1], 'emb_weight')
+
+
+def test_gluon_two_cpu_contexts_bit_identical(tmp_path):
+    """A Block on two CPU contexts (one Trainer, kvstore 'device'): same bits converted."""
+    out = []
+    for convert in (False, True):
+        mx.random.seed(0)
+        net = Net()
+        ctx = [mx.cpu(0), mx.cpu(1)]
+        net.initialize(mx.init.Uniform(0.5), ctx=ctx)
+        if convert:
+            mo.convert_embeddings(net)
+        trainer = mx.gluon.Trainer(net.collect_params(), 'masked', dict(
+            OPTS['adam'], base='adam', masks=GLUON_MASKS['rows']), kvstore='device')
+        member, book, label = (mx.nd.array(a) for a in ratings(NU, NI, 64, seed=6))
+        for s in range(4):
+            with mx.autograd.record():
+                losses = [((net(member[sl].as_in_context(c), book[sl].as_in_context(c))
+                            - label[sl].as_in_context(c)) ** 2).sum()
+                          for c, sl in zip(ctx, (slice(s * B, s * B + B // 2),
+                                                 slice(s * B + B // 2, (s + 1) * B)),
+                                           strict=True)]
+            mx.autograd.backward(losses)
+            trainer.step(B)
+        out.append({k: p.data(ctx[1]).asnumpy() for k, p in net.collect_params().items()})
+    for k in out[0]:
+        assert_same_bits(out[0][k], out[1][k], k)
+
+
+def test_gluon_layer_on_a_gpu_is_left(monkeypatch, caplog):
+    """A layer whose Parameter lives on a GPU keeps MXNet's Embedding (the lookup is CPU-only)."""
+    net = mx.gluon.nn.Embedding(NI, D, sparse_grad=True)
+    net.initialize()
+    monkeypatch.setattr(net.weight, 'list_ctx', lambda: [mx.gpu(0)])
+    with caplog.at_level(logging.INFO, logger='masked_opt'):
+        mo.convert_embeddings(net)
+    assert type(net) is mx.gluon.nn.Embedding
+    assert 'initialised on gpu(0)' in caplog.records[-1].getMessage()
+    with pytest.raises(TypeError, match='ctx is for a Symbol'):
+        mo.convert_embeddings(net, ctx=mx.cpu())
+
+
+def test_masked_opt_imports_while_mxnet_is_still_importing():
+    """A kvstore server imports masked_opt (unpickling the optimizer) from inside
+    ``import mxnet``, before ``mx.gluon`` exists: importing the package, convert included, must
+    not import mxnet.gluon. (A module-level ``from mxnet import gluon`` in convert.py broke
+    every dist kvstore run with 'cannot import name np_symbol'.)"""
+    script = textwrap.dedent('''
+        import importlib.abc, sys
+        class Hook(importlib.abc.MetaPathFinder):
+            done = False
+            def find_spec(self, name, path, target=None):
+                if name == 'mxnet.kvstore' and not Hook.done:   # where a server starts
+                    Hook.done = True
+                    import masked_opt, masked_opt.convert
+                    assert 'mxnet.gluon' not in sys.modules
+                    print('imported')
+        sys.meta_path.insert(0, Hook())
+        import mxnet
+    ''')
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == 0 and 'imported' in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize('path', ['native', 'pure'])
+def test_masked_paths_take_the_lookups_gradient(path):
+    """'masked' forced onto its native row_sparse path (which raises where it cannot serve a
+    gradient) and onto the pure one: converted runs equal the unconverted run on each."""
+    out = []
+    for convert in (False, True):
+        mx.random.seed(0)
+        net = Net()
+        net.initialize(mx.init.Uniform(0.5))
+        if convert:
+            mo.convert_embeddings(net)
+        opt = mo.Masked(base='adam', learning_rate=0.01, masks={
+            'net_book_weight': mo.train_rows_from(50) & mo.train_cols([1, 2, 3]),
+            'net_member_weight': mo.train_cols([6, 7])})
+        opt.step_path = path
+        trainer = mx.gluon.Trainer(net.collect_params(), opt)
+        member, book, label = (mx.nd.array(a) for a in ratings(NU, NI, 64, seed=7))
+        for s in range(4):
+            sl = slice(s * B, (s + 1) * B)
+            with mx.autograd.record():
+                loss = ((net(member[sl], book[sl]) - label[sl]) ** 2).sum()
+            loss.backward()
+            trainer.step(B)
+        out.append({k: p.data().asnumpy() for k, p in net.collect_params().items()})
+    for k in out[0]:
+        assert_same_bits(out[0][k], out[1][k], k)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.dtype('float64'), 'float64'])
+def test_gluon_layer_with_a_numpy_dtype(dtype):
+    """nn.Embedding(dtype=np.float32): MXNet passes a library operator str(np.float32), which
+    names no dtype; the converted layer gives the dtype's name and MXNet's output bits."""
+    ref = mx.gluon.nn.Embedding(NI, D, sparse_grad=True, dtype=dtype)
+    ref.initialize(mx.init.Uniform(0.5))
+    net = mx.gluon.nn.Embedding(NI, D, sparse_grad=True, dtype=dtype)
+    net.initialize()
+    net.weight.set_data(ref.weight.data())
+    mo.convert_embeddings(net)
+    ids = mx.nd.array([3, 1, 3])
+    for hybrid in (False, True):
+        if hybrid:
+            net.hybridize()
+        assert_same_bits(ref(ids), net(ids), 'output')

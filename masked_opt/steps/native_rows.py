@@ -67,12 +67,15 @@ class NativeRows(BlockStep):
     serves_fractions = False
 
     def __init__(self, plan, ranges, weight, grad):
-        self._plan = plan
+        self.plan = plan
         (self._lo, self._hi), (self._c0, self._c1) = ranges
         self._all_cols = self._c0 == 0 and self._c1 == weight.shape[1]
         ranges = (self._lo, self._hi, self._c0, self._c1)
+        # The ops check the gradient's row ids on the engine and refuse, naming the parameter,
+        # ids that are not sorted, unique and in range (masked_opt/row_ids.py). The scatter
+        # needs no name: its row ids come from the gather, which refused bad ones already.
         if self._all_cols:
-            self._grad, self._scratch = native.rsp_block(grad, *ranges), None
+            self._grad, self._scratch = native.rsp_block(grad, *ranges, param=plan.name), None
             return
         # A block-sized scratch kept by the plan (like the state, C6): a fresh (R, k) output
         # every step costs an allocation of the whole block (measured 0.3-1.7 ms at 100k x 64).
@@ -80,7 +83,7 @@ class NativeRows(BlockStep):
         # because MXNet's engine orders this step's scatter before the next step's gather.
         self._scratch = scratch = plan.buffer('native_scratch', weight.dtype)
         # The gradient's block and the weight's block at the same rows, in one operation.
-        self._grad = native.rsp_block_gather(grad, weight, scratch, *ranges)
+        self._grad = native.rsp_block_gather(grad, weight, scratch, *ranges, param=plan.name)
 
     def _rows(self, weight):
         # An axis-0 slice of an NDArray is a view: writes through it land in the weight. The
@@ -88,7 +91,7 @@ class NativeRows(BlockStep):
         # every step: one C call less per step; a new weight object gets a new view).
         if (self._lo, self._hi) == (0, weight.shape[0]):
             return weight
-        return self._plan.remember('native_view', weight, lambda: weight[self._lo:self._hi])
+        return self.plan.remember('native_view', weight, lambda: weight[self._lo:self._hi])
 
     def gather_weight(self, weight):
         """What the lazy kernel updates: the rows view, or the scratch with the column block."""

@@ -22,6 +22,7 @@ from mxnet import ndarray as nd
 from mxnet.base import _LIB, NDArrayHandle, check_call
 from mxnet.context import cpu
 
+from ..row_ids import check_row_ids
 from ..update import storage_view
 from .base import BlockStep
 
@@ -105,9 +106,14 @@ class SparseRows(BlockStep):
         self._views = {}   # id(row_sparse array) -> (array, dense storage view), this step
         if lazy:
             ids = _host_row_ids(grad)
+            check_row_ids(ids, plan.shape[0], plan.name)   # before anything is written
             hit, pos = plan.positions(ids)
             rows = ids[hit]
         else:
+            # sparse.retain (plan.retained_rows) binary-searches the ids as if sorted and drops
+            # the rows it misses; this path waits for the gradient anyway (.data), so its ids
+            # are checked on the host as on the lazy path (one more copy of at most a batch).
+            check_row_ids(_host_row_ids(grad), plan.shape[0], plan.name)
             hit = None
             rows, pos = plan.row_ids, np.arange(plan.row_ids.size)
         self.empty = rows.size == 0
