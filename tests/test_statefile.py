@@ -3,8 +3,9 @@
 Every resume here is checked on the bits against two references: the same run never
 interrupted, and the same resume through MXNet's pickle-based ``Trainer.save_states`` /
 ``Module.save_optimizer_states`` (what tests/test_checkpoint.py and tests/test_phases.py
-check). Covered: every registered MXNet optimizer under a masked Gluon Trainer, MXNet's four
-learning-rate schedulers with warmup, Module on one device and on two (states keyed by name on
+check). Covered: every optimizer and setting of the optimizer table (optim_db) under a masked
+Gluon Trainer, float16 weights with multi_precision, MXNet's four learning-rate schedulers with
+warmup, Module on one device and on two (states keyed by name on
 the kvstore), Gluon on two devices with and without update_on_kvstore, a warm start from an
 unmasked run, and a change of masks between phases. What the format cannot hold is refused
 when saving, with a pointer to the pickle route; what does not fit is refused when loading,
