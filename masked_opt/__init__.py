@@ -10,9 +10,8 @@ Examples
 >>> opt.learning_rate
 0.1
 """
-# Importing states makes MXNet's get_updater give a Masked optimizer its MaskedUpdater;
-# importing validate makes a local/device kvstore's set_optimizer check every mask in the caller.
-from . import states, validate  # noqa: F401
+from . import _mxnet_workarounds, states, validate
+from ._version import __version__  # noqa: F401
 from .convert import convert_embeddings
 from .grow import (
                    DEFAULT_INIT,
@@ -41,7 +40,10 @@ from .optimizer import Masked
 from .state_view import OptimizerState, optimizer_state
 from .statefile import load_states, save_states
 
-__version__ = '0.1.0'
+# MXNet's get_updater gives a Masked optimizer (or a wrapper around one) its MaskedUpdater, and
+# a local/device kvstore's set_optimizer checks every mask in the caller (see
+# masked_opt/_mxnet_workarounds.py for why).
+_mxnet_workarounds.install(validate.check_before_kvstore, states.updater_for)
 
 __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze_rows',
            'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',

@@ -5,8 +5,15 @@ arrays and Module's dicts.
 """
 import mxnet as mx
 
-from ._row_init import BIAS_INIT, DEFAULT_INIT, _check_n_new, _new_rows, _rng, _table_kind
-from .grow import _append
+from ._row_init import (
+    BIAS_INIT,
+    DEFAULT_INIT,
+    _check_n_new,
+    _new_rows,
+    _rng,
+    _table_kind,
+    append_rows,
+)
 from .masks import train_rows_from
 
 __all__ = ['grow_embedding', 'grow_dense']
@@ -62,7 +69,7 @@ def grow_embedding(block, n_new, init=DEFAULT_INIT, *, seed=0, parent=None):
                         'layers grow the parameter with grow_table.' % type(block).__name__)
     n_new = _check_n_new(n_new, block.weight.name)
     _check_parent(block, parent, 'grow_embedding')
-    datas, rows = _plan(block.weight, n_new, init, seed)
+    datas, rows = _grown_data(block.weight, n_new, init, seed)
     _grow_param(block.weight, datas, rows)
     block._kwargs['input_dim'] = block.weight.shape[0]
     _clear_caches(block, parent)
@@ -75,7 +82,7 @@ def _check_parent(block, parent, who):
                          'holds it' % (who, parent.name, block.name))
 
 
-def _plan(param, n_new, init, seed):
+def _grown_data(param, n_new, init, seed):
     """Check ``param`` and compute its new rows (1-D: entries); nothing is changed yet."""
     name = param.name
     if param._data is None:
@@ -111,7 +118,7 @@ def _grow_param(param, datas, rows):
     for d in datas:
         flat = len(d.shape) == 1
         table = d.reshape((-1, 1)) if flat else d
-        out = _append(table, _table_kind(table, param.name), rows)
+        out = append_rows(table, _table_kind(table, param.name), rows)
         grown.append(out.reshape((-1,)) if flat else out)
     param._shape = tuple(grown[0].shape)
     param._data = grown
@@ -179,7 +186,7 @@ def grow_dense(block, n_new, init=DEFAULT_INIT, *, bias_init=BIAS_INIT, seed=0, 
     _check_parent(block, parent, 'grow_dense')
     params = [(block.weight, init)] + ([(block.bias, bias_init)] if block.bias is not None
                                        else [])
-    plans = [(p, _plan(p, n_new, i, seed)) for p, i in params]   # everything checked first
+    plans = [(p, _grown_data(p, n_new, i, seed)) for p, i in params]   # everything checked first
     n_old = block.weight.shape[0]
     for p, (datas, rows) in plans:
         _grow_param(p, datas, rows)

@@ -308,6 +308,23 @@ def init_rows(table, n_new, init=DEFAULT_INIT, *, seed=0, name='table'):
     return _new_rows(table, kind, n_new, init, _rng(seed, name), name)
 
 
-
 # Documented as part of masked_opt.grow, where they are imported from.
 row_stats.__module__ = init_rows.__module__ = 'masked_opt.grow'
+
+
+def append_rows(table, kind, rows):
+    """Old table with ``rows`` appended; old rows copied bit for bit."""
+    if kind == 'np':
+        return np.concatenate([table, rows], axis=0)
+    new = mx.nd.array(rows, ctx=table.context, dtype=table.dtype)
+    if kind == 'nd':
+        # One concat: the output (old + new rows) is the only table-sized allocation.
+        return mx.nd.concat(table, new, dim=0)
+    n_old = table.shape[0]
+    data = mx.nd.concat(table.data, new, dim=0)
+    indices = mx.nd.concat(table.indices, mx.nd.arange(n_old, n_old + rows.shape[0],
+                                                       ctx=table.context,
+                                                       dtype=table.indices.dtype), dim=0)
+    return mx.nd.sparse.row_sparse_array((data, indices), shape=(n_old + rows.shape[0],
+                                                                 table.shape[1]),
+                                         ctx=table.context, dtype=table.dtype)

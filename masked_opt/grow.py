@@ -54,7 +54,17 @@ import mxnet as mx
 import numpy as np
 
 from . import _row_init
-from ._row_init import _check_init, _check_n_new, _new_rows, _rng, _table_kind, init_rows, row_stats
+from ._gluon_grow import grow_dense, grow_embedding
+from ._row_init import (
+    _check_init,
+    _check_n_new,
+    _new_rows,
+    _rng,
+    _table_kind,
+    append_rows,
+    init_rows,
+    row_stats,
+)
 from ._vocab import VocabGrowth, grow_vocab
 from .masks import train_rows_from
 
@@ -67,24 +77,6 @@ INIT_METHODS = _row_init.INIT_METHODS
 DEFAULT_INIT = _row_init.DEFAULT_INIT
 #: The default ``init`` of a 1-D bias grown with its weight: the old entries' mean.
 BIAS_INIT = _row_init.BIAS_INIT
-
-
-def _append(table, kind, rows):
-    """Old table with ``rows`` appended; old rows copied bit for bit."""
-    if kind == 'np':
-        return np.concatenate([table, rows], axis=0)
-    new = mx.nd.array(rows, ctx=table.context, dtype=table.dtype)
-    if kind == 'nd':
-        # One concat: the output (old + new rows) is the only table-sized allocation.
-        return mx.nd.concat(table, new, dim=0)
-    n_old = table.shape[0]
-    data = mx.nd.concat(table.data, new, dim=0)
-    indices = mx.nd.concat(table.indices, mx.nd.arange(n_old, n_old + rows.shape[0],
-                                                       ctx=table.context,
-                                                       dtype=table.indices.dtype), dim=0)
-    return mx.nd.sparse.row_sparse_array((data, indices), shape=(n_old + rows.shape[0],
-                                                                 table.shape[1]),
-                                         ctx=table.context, dtype=table.dtype)
 
 
 def grow_table(table, n_new, init=DEFAULT_INIT, *, seed=0, name='table'):
@@ -117,7 +109,7 @@ def grow_table(table, n_new, init=DEFAULT_INIT, *, seed=0, name='table'):
     kind = _table_kind(table, name)
     n_new = _check_n_new(n_new, name)
     rows = _new_rows(table, kind, n_new, init, _rng(seed, name), name)
-    return _append(table, kind, rows)
+    return append_rows(table, kind, rows)
 
 
 # ---------------------------------------------------------------------------- Module world
@@ -235,11 +227,10 @@ def grow_params(arg_params, add, init=DEFAULT_INIT, *, seed=0):
             for name, (table, kind, n_new, _) in plan.items()}
     params = dict(arg_params)
     for name, (table, kind, _, flat) in plan.items():
-        grown = _append(table, kind, rows[name])
+        grown = append_rows(table, kind, rows[name])
         params[name] = grown.reshape((-1,)) if flat else grown
     masks = {name: train_rows_from(table.shape[0]) for name, (table, _, _, _) in plan.items()}
     return params, masks
 
 
 # The Gluon helpers live in their own module; they are part of this one's API.
-from ._gluon_grow import grow_dense, grow_embedding  # noqa: E402  (uses the helpers above)

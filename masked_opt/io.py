@@ -25,7 +25,8 @@ import re
 import numpy as np
 
 from . import masks as _masks
-from .masks import Mask, _From, _Indices, _Scales, as_mask
+from ._axis import AxisSpec
+from .masks import Mask, as_mask
 
 __all__ = ['save_masks', 'load_masks', 'masks_to_arrays', 'masks_from_arrays', 'atomic_write',
            'save_module_checkpoint', 'save_gluon_checkpoint', 'latest_checkpoint']
@@ -60,27 +61,23 @@ def _helper_names(axis, kind):
 
 
 def _spec_to_json(spec, arrays, axis, where):
-    if isinstance(spec, _From):
+    """The spec's own plain form, once the file format is sure to rebuild it (a helper made it,
+    on the axis that helper serves)."""
+    kind = spec.kind if isinstance(spec, AxisSpec) else None
+    if kind == 'from':
         if axis != 'rows':
             raise ValueError('%s: train_rows_from applies to rows only; received it in %s'
                              % (where, axis))
-        return {'kind': 'from', 'start': spec.start}
-    key = 'a%d' % len(arrays)
-    for cls, kind in ((_Indices, 'indices'), (_Scales, 'scales')):
-        if isinstance(spec, cls):
-            known = _helper_names(axis, kind)
-            if spec.helper not in known or (kind == 'indices'
-                                            and spec.inside != _HELPERS[spec.helper][2]):
-                raise ValueError('%s: cannot save a %s spec %r (helper %r, %s) in %s; expected '
-                                 'one made by %s' % (where, kind, spec, spec.helper,
-                                                     getattr(spec, 'inside', ''), axis,
-                                                     ' or '.join(known)))
-            if kind == 'indices':
-                arrays[key] = spec.indices
-                return {'kind': kind, 'helper': spec.helper, 'inside': spec.inside,
-                        'array': key}
-            arrays[key] = spec.values
-            return {'kind': kind, 'helper': spec.helper, 'array': key}
+        return spec.to_plain(arrays)
+    if kind in ('indices', 'scales'):
+        known = _helper_names(axis, kind)
+        if spec.helper not in known or (kind == 'indices'
+                                        and spec.inside != _HELPERS[spec.helper][2]):
+            raise ValueError('%s: cannot save a %s spec %r (helper %r, %s) in %s; expected '
+                             'one made by %s' % (where, kind, spec, spec.helper,
+                                                 getattr(spec, 'inside', ''), axis,
+                                                 ' or '.join(known)))
+        return spec.to_plain(arrays)
     raise TypeError('%s: cannot save a mask axis of type %s; expected one made by masked_opt '
                     'helpers (train_rows_from, train_rows, scale_rows, ...)'
                     % (where, type(spec).__name__))

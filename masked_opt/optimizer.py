@@ -2,7 +2,7 @@
 
 Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision` -> ``_dispatch``):
 
-1. :meth:`Masked._plan` finds each parameter's mask by index -> name (Module's ``idx2name``,
+1. :meth:`Masked.plan_for` finds each parameter's mask by index -> name (Module's ``idx2name``,
    Gluon's ``param_dict``, or the names carried to a kvstore server) and returns its
    :class:`~masked_opt.update.BlockPlan` for the weight's context (built once, then cached;
    a weight whose shape or array no longer matches is refused). MXNet's Updater hands the
@@ -21,34 +21,25 @@ Path of one update (``Updater`` -> :meth:`Masked.update_multi_precision` -> ``_d
 The wrapper keeps no optimizer settings of its own: learning rate, ``rescale_grad``, ``wd``,
 ``idx2name``, ``param_dict``, multipliers and update counts live in the wrapped optimizer, and
 the properties below forward them, because Module and Trainer set them on the object they were
-given (see ``_FORWARDED``).
+given (see :mod:`masked_opt._forwarding`).
 """
-import fnmatch
+import contextlib
 import functools
 
-import numpy as np
 from mxnet import optimizer as mx_opt
 
 from . import server as _server
-from .masks import as_mask
+from ._forwarding import ForwardsToBase
+from ._mxnet_workarounds import name_from_callers
+from .masks import as_mask, require_floating
+from .names import check_mask_keys, key_name, mask_key_for, wrapped_optimizer
 from .positions import PositionHistory, stale_plan_error
-from .state_shapes import check_weight_shaped, is_full_size, master_position
-from .steps import check_path, choose
+from .state_shapes import check_master_copy_scalable, check_weight_shaped, is_full_size
+from .steps import check_path, choose, updater_calls
 from .steps.stand_in import StandIns
 from .update import BlockPlan
 
 __all__ = ['Masked']
-
-# Attributes that MXNet's Module, Trainer, Updater and LR schedule read or write on "the
-# optimizer". They must reach the wrapped optimizer, which does the arithmetic.
-_FORWARDED = ('rescale_grad', 'lr', 'lr_scheduler', 'wd', 'clip_gradient', 'multi_precision',
-              'lr_mult', 'wd_mult', 'sym_info', 'num_update', 'begin_num_update',
-              '_index_update_count', '_all_index_update_counts')
-
-# The wrapper's own fields; every other attribute written on it that the wrapped optimizer
-# has is written there (Masked.__setattr__).
-_OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_positions', '_server',
-                         '_dist', '_stand_ins', '_step_path'})
 
 # What the wrapper reports as its aggregate_num: large, so that MXNet's Updater hands it every
 # parameter of a step in one call. All masks are then resolved before any weight is written
@@ -56,58 +47,8 @@ _OWN_FIELDS = frozenset({'base', 'masks', '_index_names', '_plans', '_positions'
 _WHOLE_STEP = 1 << 30
 
 
-
-def _forward(name):
-    def get(self):
-        return getattr(self.base, name)
-
-    def set_(self, value):
-        setattr(self.base, name, value)
-    return property(get, set_, doc='Forwarded to the wrapped optimizer (``base.%s``).' % name)
-
-
-# What Module and Trainer pass to an optimizer's constructor; all a Masked around an instance
-# accepts (hyper-parameters belong to the instance's own constructor).
-_BASE_INSTANCE_KWARGS = ('sym', 'param_idx2name', 'param_dict', 'rescale_grad')
-
-
-def _wrapped_optimizer(base, kwargs):
-    """The optimizer a Masked wraps: ``base`` created by name with ``kwargs``, or the instance
-    given, which then takes only what Module and Trainer pass (see ``Masked``)."""
-    if isinstance(base, mx_opt.Optimizer):
-        if isinstance(base, Masked):
-            raise TypeError("base must be an optimizer other than 'masked'; received a "
-                            "Masked optimizer. Pass its .base instead.")
-        extra = sorted(set(kwargs) - set(_BASE_INSTANCE_KWARGS))
-        if extra:
-            raise TypeError('base is an optimizer instance, so hyper-parameters belong to '
-                            'its constructor; received %s here. Pass them when creating '
-                            'the base optimizer, or pass base by name.' % extra)
-        if kwargs.get('sym') is not None:
-            sym = kwargs['sym']
-            base.sym_info = (sym.attr_dict(), sym.list_arguments())
-        if kwargs.get('param_idx2name'):
-            base.idx2name = dict(kwargs['param_idx2name'])
-        if kwargs.get('param_dict'):
-            base.param_dict = kwargs['param_dict']
-        if 'rescale_grad' in kwargs:
-            base.rescale_grad = kwargs['rescale_grad']
-        return base
-    if isinstance(base, str):
-        if base.lower() == 'masked':
-            raise ValueError("base must name an optimizer other than 'masked', e.g. "
-                             "'sgd' or 'adam'")
-        if base.lower() not in mx_opt.Optimizer.opt_registry:
-            raise ValueError("unknown base optimizer %r; expected one of the registered "
-                             "names %s" % (base, sorted(
-                                 n for n in mx_opt.Optimizer.opt_registry if n != 'masked')))
-        return mx_opt.create(base, **kwargs)
-    raise TypeError("base must be an optimizer name such as 'adam' or an "
-                    "mxnet.optimizer.Optimizer instance, received %s" % type(base).__name__)
-
-
 @mx_opt.register
-class Masked(mx_opt.Optimizer):
+class Masked(ForwardsToBase, mx_opt.Optimizer):
     """Wrap an MXNet optimizer so that it trains only the masked part of some parameters.
 
     Registered as ``'masked'``: use it by name in ``Module.fit`` and ``gluon.Trainer``, or pass
@@ -149,18 +90,23 @@ class Masked(mx_opt.Optimizer):
     (True, True)
     """
 
+    # The wrapper's own fields; every other attribute written on it that the wrapped optimizer
+    # has is written there (see ForwardsToBase.__setattr__).
+    own_fields = frozenset({'base', 'masks', '_index_names', '_plans', '_positions', '_server',
+                            '_dist', '_stand_ins', '_step_path'})
+
     def __init__(self, base='sgd', masks=None, **kwargs):  # pylint: disable=super-init-not-called
         # Optimizer.__init__ is deliberately not called: every setting it would create lives in
         # the wrapped optimizer and is reached through the forwarding properties.
-        self.base = _wrapped_optimizer(base, kwargs)
+        self.base = wrapped_optimizer(base, kwargs, refuse=Masked)
         self.masks = {}
         for key, value in (masks or {}).items():
-            name = _key_name(key)
+            name = key_name(key)
             self.masks[name] = as_mask(value, name=repr(name))
         self._index_names = {}   # index -> parameter name; pickled (servers have no names)
         self._plans = {}         # (index, context) -> BlockPlan or None; never pickled
         self._remember_names()
-        self._check_fractional_multi_precision()
+        check_master_copy_scalable(self.base, self.masks)
 
     @property
     def idx2name(self):
@@ -207,72 +153,51 @@ class Masked(mx_opt.Optimizer):
     def aggregate_num(self, value):
         self.base.aggregate_num = value
 
-    def __getattr__(self, name):
-        # Reads of hyper-parameters the wrapper does not define (momentum, beta1, ...) go to
-        # the wrapped optimizer. Only called when normal lookup fails.
-        if name.startswith('__') or 'base' not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.base, name)
-
-    def __setattr__(self, name, value):
-        # Writes of the wrapped optimizer's hyper-parameters (``trainer.optimizer.momentum =
-        # 0.5``, beta1, epsilon, lazy_update, ...) must reach it: it does the arithmetic. Kept
-        # on the wrapper: its own fields and whatever the class defines (the forwarding
-        # properties run their setters); a name neither knows stays on the wrapper.
-        if (name in _OWN_FIELDS or hasattr(type(self), name) or 'base' not in self.__dict__
-                or not hasattr(self.base, name)):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.base, name, value)
-
-    def _set_current_context(self, device_id):
-        self.base._set_current_context(device_id)
-
-    def set_learning_rate(self, lr):
-        self.base.set_learning_rate(lr)
-
-    def set_lr_mult(self, args_lr_mult):
-        self.base.set_lr_mult(args_lr_mult)
-
-    def set_wd_mult(self, args_wd_mult):
-        self.base.set_wd_mult(args_wd_mult)
-
     # ---- names ----
     def _remember_names(self):
         """Record index -> name from idx2name and param_dict, and check every mask key."""
-        self._index_names.update(self.base.idx2name)
-        self._index_names.update({i: p.name for i, p in self.base.param_dict.items()})
+        names = dict(self.base.idx2name)
+        names.update({i: p.name for i, p in self.base.param_dict.items()})
+        self.learn_names(names)
+
+    # ---- for masked_opt's own modules (server, states, validate, wrappers): the only ways
+    # ---- they read or change the wrapper ----
+    @property
+    def plans(self):
+        """``{(index, context): plan or None}`` of every parameter planned so far (a copy)."""
+        return dict(self._plans)
+
+    @property
+    def index_names(self):
+        """``{index: parameter name}`` as far as known now (a copy)."""
+        return dict(self._index_names)
+
+    def name_of(self, index):
+        """The name of the parameter at ``index``: a name passes through, an index nobody has
+        named yet is returned as it is (for messages)."""
+        if isinstance(index, str):
+            return index
+        return self._index_names.get(index, index)
+
+    def learn_names(self, names):
+        """Add ``{index: name}`` to the names known, then check every mask key against all
+        names known (a key that matches none raises ``ValueError``)."""
+        self._index_names.update(names)
         if self._index_names:
-            self._check_keys(set(self._index_names.values()))
+            check_mask_keys(self.masks, set(self._index_names.values()))
 
-    def _check_keys(self, known):
-        for key in self.masks:
-            if key not in known and not any(fnmatch.fnmatchcase(n, key) for n in known):
-                raise ValueError('mask key %r matches no parameter; known parameter names '
-                                 'are %s' % (key, sorted(known)))
+    def mask_key_for(self, name):
+        """The key of the mask for parameter ``name`` (exact name first, then one glob), or
+        None when it has none."""
+        return mask_key_for(self.masks, name)
 
-    def _mask_name_for(self, name):
-        """The key of the mask for parameter ``name``: exact name first, then one glob."""
-        if name in self.masks:
-            return name
-        matches = [k for k in self.masks if fnmatch.fnmatchcase(name, k)]
-        if len(matches) > 1:
-            raise ValueError('parameter %r matches several mask patterns %s; expected at most '
-                             'one. Key it by its exact name to choose.' % (name, matches))
-        return matches[0] if matches else None
+    def plan_for(self, index, weight):
+        """The :class:`~masked_opt.update.BlockPlan` of the parameter at ``index`` on the
+        weight's context, or None (no mask, or one that trains everything).
 
-    def _check_fractional_multi_precision(self):
-        if not self.base.multi_precision or master_position(self.base) is not None:
-            return
-        for key, mask in self.masks.items():
-            if any(type(s).__name__ == '_Scales' for s in mask.rows + mask.cols):
-                raise TypeError('mask %r has fractional scales and %s uses multi_precision '
-                                'with a state layout masked_opt does not know, so the float32 '
-                                'master copy cannot be scaled. Use 0/1 masks or '
-                                'multi_precision=False.' % (key, type(self.base).__name__))
-
-    # ---- plans: the mask materialised for one parameter on one context ----
-    def _plan(self, index, weight):
+        Built once per index and context, then cached; a position that now holds another
+        parameter, or a weight whose shape no longer matches its plan, is refused.
+        """
         key = (index, weight.context)
         if not isinstance(index, str) and weight.stype == 'default':
             # A shifted bucket would give this parameter another one's mask and state.
@@ -283,10 +208,9 @@ class Masked(mx_opt.Optimizer):
         if key in self._plans:
             plan = self._plans[key]
             if plan is not None and plan.shape != weight.shape:
-                raise stale_plan_error(self._index_names.get(index, index), plan.shape,
-                                       weight.shape)
+                raise stale_plan_error(self.name_of(index), plan.shape, weight.shape)
             return plan
-        if self.__dict__.get('_server') is not None:
+        if self.on_server:
             # On a dist kvstore server: flat arrays and shards (see server.py).
             plan = self._server.plan(self, index, weight)
         elif not self.masks:
@@ -298,23 +222,50 @@ class Masked(mx_opt.Optimizer):
             if name is None:
                 # Inside a wrapper (hvd.DistributedOptimizer) Module and Trainer wrote the
                 # names on the wrapper: take them from the callers, or raise saying how.
-                from .wrappers import name_from_callers
-                name = name_from_callers(self, index)
-            mask_key = self._mask_name_for(name)
+                name = name_from_callers(self, index, Masked)
+            mask_key = self.mask_key_for(name)
             plan = None
             if mask_key is not None:
-                plan = self._build_plan(name, weight, self.masks[mask_key])
+                plan = self.plan_from_mask(name, weight, self.masks[mask_key])
         self._plans[key] = plan
         return plan
 
-    def _build_plan(self, name, weight, mask):
-        if not np.issubdtype(np.dtype(weight.dtype), np.floating):
-            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
-                            "(float16, float32 or float64)" % (name, np.dtype(weight.dtype)))
+    def plan_from_mask(self, name, weight, mask):
+        """The plan of ``mask`` resolved for parameter ``name``'s ``weight`` (checked: a
+        floating-point dtype, a mask that fits), or None when it trains everything."""
+        require_floating(name, weight.dtype)
         rows, cols = mask.resolve(weight.shape, name)
+        return self.build_plan(weight, rows, cols, name)
+
+    @staticmethod
+    def build_plan(weight, rows, cols, name=None):
+        """The one place plans are made: a :class:`~masked_opt.update.BlockPlan` of ``weight``
+        (parameter ``name``, for messages) for row and column scales ``rows``, ``cols`` (None:
+        all ones); None when both are None (the wrapped optimizer alone)."""
         if rows is None and cols is None:
-            return None  # the mask trains everything: the wrapped optimizer alone
+            return None
         return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype, name=name)
+
+    def replace_base(self, base):
+        """Wrap ``base`` from now on (a state file's optimizer); plans are made again."""
+        self.__dict__['base'] = base     # not through __setattr__: the wrapper itself changes
+        self.__dict__['_plans'] = {}
+
+    @contextlib.contextmanager
+    def unchanged_on_error(self):
+        """Every field of the wrapper as it was before the block, if the block raises."""
+        kept = dict(self.__dict__)
+        try:
+            yield self
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(kept)
+            raise
+
+    @property
+    def on_server(self):
+        """True when this optimizer runs on a dist kvstore server (see server.py)."""
+        return self.__dict__.get('_server') is not None
 
     # ---- states ----
     @_server.loud_in_kvstore
@@ -327,7 +278,7 @@ class Masked(mx_opt.Optimizer):
 
     def _create_state(self, create, index, weight):
         """The wrapped optimizer's state for the trainable block only (C6)."""
-        plan = self._plan(index, weight)
+        plan = self.plan_for(index, weight)
         if plan is None:
             return create(index, weight)
         if plan.empty:
@@ -347,7 +298,7 @@ class Masked(mx_opt.Optimizer):
         inner = self.base.update_multi_precision if multi_precision else self.base.update
         group = self.base.aggregate_num
         if not isinstance(index, (list, tuple)):
-            plan = self._plan(index, weight)
+            plan = self.plan_for(index, weight)
             if plan is None:
                 inner(index, weight, grad, state)
                 return
@@ -369,7 +320,7 @@ class Masked(mx_opt.Optimizer):
         # the parameter. Order and grouping matter: LBSGD reads the lr before counting the
         # update, LARS corrects momentum per call, SGLD draws noise in call order, Nadam's
         # momentum schedule moves at every call.
-        plans = [self._plan(i, w) for i, w in zip(index, weight, strict=True)]
+        plans = [self.plan_for(i, w) for i, w in zip(index, weight, strict=True)]
         for k, plan in enumerate(plans):
             if plan is not None:
                 self._check_state(plan, index[k], weight[k], state[k])
@@ -383,7 +334,7 @@ class Masked(mx_opt.Optimizer):
             else:
                 inner(steps[0].index, steps[0].weight, steps[0].grad, steps[0].state)
             for st in steps:
-                st.finish()
+                st.finish(steps)
 
     def _check_state(self, plan, index, weight, state):
         """True when ``state`` was made for the whole weight; raise if the mask cannot cut it.
@@ -396,8 +347,7 @@ class Masked(mx_opt.Optimizer):
         def full_size():
             full = not plan.empty and is_full_size(state, weight.shape, plan.block_shape)
             if full:
-                check_weight_shaped(state, weight.shape, plan,
-                                    self._index_names.get(index, index))
+                check_weight_shaped(state, weight.shape, plan, self.name_of(index))
             return full
         return plan.remember('state_seen', state, full_size)
 
@@ -410,7 +360,8 @@ class Masked(mx_opt.Optimizer):
         if stand_ins is None:
             stand_ins = self._stand_ins = StandIns()
         step = choose(plan, index, weight, grad, self.base, full_state=full_state,
-                      multi_precision=multi_precision, stand_ins=stand_ins, path=self.step_path)
+                      multi_precision=multi_precision, stand_ins=stand_ins, path=self.step_path,
+                      state=state)
         return functools.partial(step.prepare, index, weight, grad, state, base=self.base,
                                  full_state=full_state, multi_precision=multi_precision)
 
@@ -427,7 +378,7 @@ class Masked(mx_opt.Optimizer):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._server = _server.attach(self)
+        self._server = _server.attach(self, state.get('_dist'))
 
     def __reduce_ex__(self, protocol):
         reduced = super().__reduce_ex__(protocol)
@@ -435,43 +386,3 @@ class Masked(mx_opt.Optimizer):
             # A server that cannot import masked_opt must stop, not train without an updater.
             return _server.reduce_for_servers(reduced)
         return reduced
-
-
-def updater_calls(weights, aggregate_num):
-    """The calls MXNet 1.9.1's ``Updater`` makes to an optimizer for one list of parameters.
-
-    Positions into ``weights``, one list per call. An optimizer that aggregates
-    (``aggregate_num > 0``) gets the parameters grouped by dtype, dtypes in order of first
-    appearance, in calls of at most ``aggregate_num``; any other gets them one at a time, in
-    order (``Updater.__call__`` in ``mxnet/optimizer/optimizer.py``).
-
-    Examples
-    --------
-    >>> import mxnet as mx
-    >>> from masked_opt.optimizer import updater_calls
-    >>> ws = [mx.nd.zeros(1), mx.nd.zeros(1, dtype='float16'), mx.nd.zeros(1)]
-    >>> updater_calls(ws, 0), updater_calls(ws, 4), updater_calls(ws, 1)
-    ([[0], [1], [2]], [[0, 2], [1]], [[0], [2], [1]])
-    """
-    if aggregate_num <= 0:
-        return [[k] for k in range(len(weights))]
-    by_dtype = {}
-    for k, w in enumerate(weights):
-        by_dtype.setdefault(w.dtype, []).append(k)
-    return [ks[start:start + aggregate_num] for ks in by_dtype.values()
-            for start in range(0, len(ks), aggregate_num)]
-
-
-# Settings that Module, Trainer and the LR schedule set on "the optimizer" reach the wrapped one.
-for _name in _FORWARDED:
-    setattr(Masked, _name, _forward(_name))
-del _name
-
-
-def _key_name(key):
-    if isinstance(key, str):
-        return key
-    if hasattr(key, 'name') and hasattr(key, 'grad_req'):  # a gluon.Parameter
-        return key.name
-    raise TypeError('mask keys must be parameter names, glob patterns or gluon Parameters; '
-                    'received %s %r' % (type(key).__name__, key))

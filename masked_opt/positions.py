@@ -15,6 +15,7 @@ but reading it with ``MXNDArrayGetData`` while a queued operator still produces 
 allocates its memory a second time in MXNet 1.9.1: the update then wrote frozen entries
 (``tests/test_edges.py::test_repeated_runs_give_the_same_bits``).
 """
+from .names import known_params
 
 __all__ = ['PositionHistory', 'stale_plan_error']
 
@@ -24,8 +25,9 @@ class PositionHistory:
 
     A position that now holds a shape and dtype seen only at another position holds that other
     parameter. At a position's first sight, the Module or Trainer up the call stack gives the
-    shape of the parameter the position is named after (``validate.known_params``). A new
-    shape seen nowhere else is left to the plan's own check (:func:`stale_plan_error`).
+    shape of the parameter the position is named after
+    (:func:`masked_opt.names.known_params`). A new shape seen nowhere else is left to the
+    plan's own check (:func:`stale_plan_error`).
 
     Examples
     --------
@@ -66,9 +68,7 @@ class PositionHistory:
         name = names.get(key[0])
         if not mine:
             if optimizer is not None and name is not None:
-                # Once per position, not per step: imported here because validate reads the
-                # call stack and mxnet's Module/Trainer (half-imported on kvstore servers).
-                from .validate import known_params
+                # Once per position, not per step: it reads the call stack.
                 expected = known_params(optimizer).get(name)
                 if expected is not None and tuple(expected[0]) != now[0]:
                     raise _shifted(key, now, names, 'parameter %r has shape %s'

@@ -28,7 +28,14 @@ import traceback
 
 import numpy as np
 
-from .masks import as_mask
+from ._mxnet_workarounds import (
+    caller_params,
+    in_kvstore_updater,
+    pickling_for_servers,  # noqa: F401  (the optimizer asks here)
+    server_rank,
+)
+from ._version import __version__
+from .masks import as_mask, require_floating
 
 __all__ = ['ServerSide', 'capture', 'is_split', 'part_range', 'row_part_range', 'element_scales',
            'loud_in_kvstore', 'DEFAULT_BIGARRAY_BOUND', 'EXIT_CODE', 'LOG_ENV']
@@ -105,45 +112,6 @@ def row_part_range(num_rows, num_servers, rank):
 
 # ---------------------------------------------------------------- worker side: pickling
 
-def pickling_for_servers():
-    """True while ``KVStore.set_optimizer`` of a dist kvstore is pickling on a worker.
-
-    Only that pickle goes to servers; ``Trainer.save_states`` and other pickles must stay
-    plain. The caller's frame is the one reliable signal: MXNet passes nothing else.
-    """
-    from mxnet.kvstore.kvstore import KVStore
-    code = KVStore.set_optimizer.__code__
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is code:
-            kv = frame.f_locals.get('self')
-            return kv is not None and 'dist' in kv.type
-        frame = frame.f_back
-    return False
-
-
-def _caller_params():
-    """``{name: (shape, stype, grad_stype)}`` from the Module or Trainer that is pickling us.
-
-    Module gives the optimizer names (``idx2name``) but no shapes, and pickles it in
-    ``init_optimizer`` before the kvstore knows any key; the shapes are on the Module itself.
-    """
-    from mxnet.gluon import Trainer
-    from mxnet.module import Module
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get('self')
-        if isinstance(owner, Module) and getattr(owner, '_arg_params', None):
-            grads = owner._exec_group.execs[0].grad_dict if owner._exec_group else {}
-            return {name: (tuple(arr.shape), arr.stype,
-                           grads[name].stype if name in grads else 'default')
-                    for name, arr in owner._arg_params.items()}
-        if isinstance(owner, Trainer):
-            return {p.name: (tuple(p.shape), p._stype, p._grad_stype) for p in owner._params}
-        frame = frame.f_back
-    return {}
-
-
 def capture(opt):
     """What a server needs, recorded and checked on the worker before the optimizer is sent.
 
@@ -163,12 +131,15 @@ def capture(opt):
     ValueError
         When a server could not apply a mask correctly: unknown shapes, a mask that does not
         fit its parameter, or ``Embedding(sparse_grad=True)`` (MXNet's server aborts on it).
+    TypeError
+        A mask on a parameter whose dtype is not floating-point.
     """
-    params = {p.name: (tuple(p.shape), p._stype, p._grad_stype)
+    params = {p.name: (tuple(p.shape), p._stype, p._grad_stype, p.dtype)
               for p in opt.base.param_dict.values()}
     if not params:
-        params = _caller_params()
-    for name, (_, stype, grad_stype) in sorted(params.items()):
+        params = {name: (tuple(p.shape), p.stype, p.grad_stype, p.dtype)
+                  for name, p in caller_params(grad_stypes=True).items()}
+    for name, (_, stype, grad_stype, _) in sorted(params.items()):
         if stype == 'default' and grad_stype == 'row_sparse':
             raise ValueError(
                 "parameter '%s' has a dense weight and a row_sparse gradient (e.g. "
@@ -176,24 +147,25 @@ def capture(opt):
                 "first push ('Check failed: size == to->Size()'), with or without masked_opt. "
                 "Use mxnet.gluon.contrib.nn.SparseEmbedding (a row_sparse weight) or, with "
                 "Module, mx.sym.contrib.SparseEmbedding, or sparse_grad=False." % name)
-    names = sorted(set(opt._index_names.values()))
+    names = sorted(set(opt.index_names.values()))
     missing = [n for n in names if n not in params]
-    masked = [n for n in names if opt._mask_name_for(n) is not None]
+    masked = [n for n in names if opt.mask_key_for(n) is not None]
     if masked and missing:
         raise ValueError(
             'the masked optimizer is being sent to dist kvstore servers, which see flat arrays '
             'only, but the full shapes of %s are unknown here. Use it through Module or '
             'gluon.Trainer, which provide them.' % missing)
     for name in masked:
-        shape, stype, _ = params[name]
-        opt.masks[opt._mask_name_for(name)].resolve(shape, name)  # raises if it does not fit
+        shape, _, _, dtype = params[name]
+        require_floating(name, dtype)
+        opt.masks[opt.mask_key_for(name)].resolve(shape, name)  # raises if it does not fit
     bound = os.environ.get('MXNET_KVSTORE_BIGARRAY_BOUND', str(DEFAULT_BIGARRAY_BOUND))
     try:
         bound = int(bound)
     except ValueError:
         raise ValueError('MXNET_KVSTORE_BIGARRAY_BOUND must be an integer, received %r'
                          % bound) from None
-    return {'shapes': {n: (shape, stype) for n, (shape, stype, _) in params.items()},
+    return {'shapes': {n: (shape, stype) for n, (shape, stype, _, _) in params.items()},
             'bound': bound}
 
 
@@ -247,7 +219,6 @@ def reduce_for_servers(reduced):
     ``operator.getitem((exec(guard), optimizer), 1)``: the unpickler runs the guard before it
     imports the optimizer's class, and the result is the optimizer itself.
     """
-    from . import __version__
     guard = _Exec(_IMPORT_GUARD.format(version=__version__, code=EXIT_CODE))
     return (operator.getitem, ((guard, _Reduced(reduced)), 1))
 
@@ -270,23 +241,6 @@ def on_server():
     return os.environ.get(_ROLE) == 'server'
 
 
-def in_kvstore_updater():
-    """True when called from inside MXNet's kvstore updater callback (``updater_handle``).
-
-    That callback is entered from C++ through ctypes, which prints and discards any Python
-    exception raised in it: on a server, and on a worker's local kvstore with
-    ``update_on_kvstore``, the update is skipped and training goes on.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == 'updater_handle' and code.co_filename.endswith(
-                os.path.join('kvstore', 'kvstore.py')):
-            return True
-        frame = frame.f_back
-    return False
-
-
 def loud_in_kvstore(fn):
     """Decorator: an exception that MXNet would swallow ends the process instead.
 
@@ -307,27 +261,12 @@ def loud_in_kvstore(fn):
     return wrapper
 
 
-def _server_rank():
-    """This server's ps-lite rank, from MXNet's ``KVStoreServer`` up the call stack.
-
-    The optimizer is unpickled and run from inside ``KVStoreServer.run``; the rank decides
-    which part of a split array this server holds and is not the launch order.
-    """
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get('self')
-        if type(owner).__name__ == 'KVStoreServer' and hasattr(owner, 'kvstore'):
-            return owner.kvstore.rank
-        frame = frame.f_back
-    return None
-
-
-def attach(opt):
-    """Called by ``Masked.__setstate__``: on a server, return its :class:`ServerSide`, else None."""
+def attach(opt, meta):
+    """Called by ``Masked.__setstate__`` with what :func:`capture` recorded (``meta``, None when
+    nothing was): on a server, return its :class:`ServerSide`, else None."""
     if not on_server():
         return None
     try:
-        meta = opt.__dict__.get('_dist')
         if meta is None:
             if opt.masks:
                 die('the masked optimizer arrived without the parameter shapes that the '
@@ -335,7 +274,7 @@ def attach(opt):
                     'sent by KVStore.set_optimizer of a dist kvstore on a worker.')
             return None
         num_servers = int(os.environ['DMLC_NUM_SERVER'])
-        return ServerSide(meta, _server_rank(), num_servers)
+        return ServerSide(meta, server_rank(), num_servers)
     except Exception:
         die('could not set up the masked optimizer:\n' + traceback.format_exc())
 
@@ -384,14 +323,15 @@ class ServerSide:
 
     def plan(self, opt, index, weight):
         """The plan for key ``index`` on this server: None (no mask) or a block plan."""
-        name = opt._index_names.get(index)
+        names = opt.index_names
+        name = names.get(index)
         if name is None:
             if not opt.masks:
                 return None
             raise ValueError(
                 'kvstore key %r has no parameter name (known keys: %s). The kvstore was used '
                 'for other keys too, or its key order does not match the parameter order; '
-                'give the masked optimizer its own kvstore.' % (index, sorted(opt._index_names)))
+                'give the masked optimizer its own kvstore.' % (index, sorted(names)))
         if name not in self.shapes:
             raise ValueError("no shape was recorded for parameter '%s' on the worker" % name)
         shape, stype = self.shapes[name]
@@ -414,7 +354,7 @@ class ServerSide:
                 "%d). Give the masked optimizer its own kvstore and the same environment on "
                 "every worker." % (index, name, shape, stype, expected, self.rank,
                                    self.num_servers, tuple(weight.shape), self.bound))
-        mask_key = opt._mask_name_for(name)
+        mask_key = opt.mask_key_for(name)
         rows, cols = (None, None) if mask_key is None else opt.masks[mask_key].resolve(shape,
                                                                                       name)
         if rows is None and cols is None:
@@ -423,13 +363,9 @@ class ServerSide:
             # Rows [begin, end) of the table, with row ids local to this part.
             local = as_mask({'rows': None if rows is None else rows[begin:end], 'cols': cols},
                             name=repr(name))
-            plan = opt._build_plan(name, weight, local)
+            plan = opt.plan_from_mask(name, weight, local)
         else:
-            scales = element_scales(shape, rows, cols, begin, end)
-            plan = None
-            if scales is not None:
-                from .update import BlockPlan
-                plan = BlockPlan(weight.shape, scales, None, weight.context, weight.dtype)
+            plan = opt.build_plan(weight, element_scales(shape, rows, cols, begin, end), None)
         if os.environ.get(LOG_ENV):
             sys.stderr.write(
                 "masked_opt server rank %s: key %r = '%s' %s %s, %s [%d, %d), %s\n" % (

@@ -18,8 +18,8 @@ import numpy as np
 from mxnet import optimizer as mx_opt
 from mxnet.ndarray import NDArray
 
-__all__ = ['master_position', 'master_copy', 'is_full_size', 'check_weight_shaped',
-           'map_state', 'zip_state']
+__all__ = ['master_position', 'master_copy', 'check_master_copy_scalable', 'is_full_size',
+           'check_weight_shaped', 'map_state', 'zip_state']
 
 # Optimizers whose multi_precision state is ``(inner_state, master_copy)``; MXNet's default
 # (Optimizer.create_state_multi_precision) is ``(master_copy, inner_state)``.
@@ -41,6 +41,19 @@ def master_copy(base, state, weight, multi_precision):
     if not (multi_precision and base.multi_precision and weight.dtype == np.float16):
         return None
     return state[master_position(base)]
+
+
+def check_master_copy_scalable(base, masks):
+    """Raise ``TypeError`` when a mask of ``masks`` has fractional scales and ``base`` keeps a
+    float32 master copy (``multi_precision``) where masked_opt does not know to find it."""
+    if not base.multi_precision or master_position(base) is not None:
+        return
+    for key, mask in masks.items():
+        if mask.fractional:
+            raise TypeError('mask %r has fractional scales and %s uses multi_precision '
+                            'with a state layout masked_opt does not know, so the float32 '
+                            'master copy cannot be scaled. Use 0/1 masks or '
+                            'multi_precision=False.' % (key, type(base).__name__))
 
 
 def is_full_size(state, full_shape, block_shape):

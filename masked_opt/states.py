@@ -44,9 +44,10 @@ from mxnet.optimizer.optimizer import _as_classic
 from mxnet.util import is_np_array
 
 from . import server as _server
-from .wrappers import _held_optimizers, find_masked
+from ._mxnet_workarounds import held_optimizers
+from .wrappers import find_masked
 
-__all__ = ['MaskedUpdater', 'LAYOUTS_KEY']
+__all__ = ['MaskedUpdater', 'LAYOUTS_KEY', 'updater_for']
 
 #: Key of the layouts in a pickled states dict (never a parameter index or name).
 LAYOUTS_KEY = 'masked_opt:layouts'
@@ -118,14 +119,12 @@ def _unbitmap(data, n):
 
 
 def _name_of(opt, index):
-    if isinstance(index, str):
-        return index
-    return opt._index_names.get(index, index)
+    return opt.name_of(index)
 
 
 def _layout_of(opt, index, weight):
     """The layout of the state the masked optimizer makes for ``weight`` (None: no state)."""
-    plan = opt._plan(index, weight)  # cached: built when the state was created
+    plan = opt.plan_for(index, weight)  # cached: built when the state was created
     name = _name_of(opt, index)
     if plan is None:
         return _Layout(name, weight.shape, None, None)
@@ -258,16 +257,11 @@ class MaskedUpdater(mx_opt.Updater):
             self.states_synced = dict.fromkeys(self.states, False)
             return
         pending = {i: layouts.get(i) for i in loaded}
-        kept = dict(opt.__dict__)
-        try:
+        with opt.unchanged_on_error():
             if file_opt is not None:
-                _adopt(opt, file_opt)
+                _take_file_optimizer(opt, file_opt)
             # Match whatever weights are known now (Gluon: param_dict); raise before any change.
             matched = self._match(loaded, pending, _known_weights(opt, pending))
-        except Exception:
-            opt.__dict__.clear()
-            opt.__dict__.update(kept)
-            raise
         self.states = loaded
         self.states_synced = dict.fromkeys(self.states, False)
         self.layouts = {}
@@ -324,7 +318,7 @@ class MaskedUpdater(mx_opt.Updater):
     def _record(self, index, weight):
         """Remember the layout of each state this call created (once per index)."""
         opt = self._masked()
-        if opt is None or opt.__dict__.get('_server') is not None:
+        if opt is None or opt.on_server:
             return
         indices = index if isinstance(index, (list, tuple)) else [index]
         weights = weight if isinstance(weight, (list, tuple)) else [weight]
@@ -359,7 +353,7 @@ def _loud(fn):
     return _server.loud_in_kvstore(fn)
 
 
-def _adopt(masked, file_opt):
+def _take_file_optimizer(masked, file_opt):
     """The state file's optimizer becomes the wrapped one; the live masks stay.
 
     The file holds whatever optimizer the Trainer had: a Masked one, a plain one (a warm start
@@ -372,7 +366,7 @@ def _adopt(masked, file_opt):
     else:
         base = file_opt
         while True:
-            held = [o for o in _held_optimizers(base) if o is not base]
+            held = [o for o in held_optimizers(base) if o is not base]
             if not held:
                 break
             if len(held) > 1:
@@ -389,8 +383,7 @@ def _adopt(masked, file_opt):
         base.idx2name = dict(old.idx2name)
     if getattr(base, 'sym_info', ()) == () and getattr(old, 'sym_info', ()):
         base.sym_info = old.sym_info
-    masked.__dict__['base'] = base     # not through __setattr__: the wrapper itself changes
-    masked.__dict__['_plans'] = {}
+    masked.replace_base(base)
 
 
 def _known_weights(opt, pending):
@@ -446,7 +439,7 @@ def _remap(name, loaded, saved, fresh, now, shape):
                          'the wrapped optimizer makes (%s); was it saved with another optimizer '
                          'or multi_precision setting? Load states saved with the same base '
                          'optimizer, or do not load optimizer states.'
-                         % (name, _describe(fresh)))
+                         % (name, _structure_of(fresh)))
     if saved is not None and saved.shape != tuple(shape):
         raise ValueError('parameter %r: the loaded optimizer state was saved for a weight of '
                          'shape %s; this weight has shape %s. Optimizer states cannot follow a '
@@ -508,30 +501,20 @@ def _shapes(state):
     return [a.shape for a in _arrays(state)]
 
 
-def _describe(state):
+def _structure_of(state):
     if isinstance(state, NDArray):
         return 'array %s' % (state.shape,)
     if isinstance(state, (list, tuple)):
         return '%s of %d: [%s]' % (type(state).__name__, len(state),
-                                   ', '.join(_describe(s) for s in state))
+                                   ', '.join(_structure_of(s) for s in state))
     return repr(state)
 
 
-# ---- install: MXNet's get_updater returns a MaskedUpdater for a Masked optimizer ----
-
-def _install():
-    original = getattr(mx_opt.get_updater, '_masked_opt_original', mx_opt.get_updater)
-
-    def get_updater(optimizer):
-        # A Masked optimizer, or one inside a wrapper (hvd.DistributedOptimizer): its states
-        # are block-sized either way, and their layouts must be saved and matched.
-        if find_masked(optimizer) is not None:
-            return MaskedUpdater(optimizer)
-        return original(optimizer)
-    get_updater.__doc__ = original.__doc__
-    get_updater._masked_opt_original = original
-    mx_opt.get_updater = get_updater
-    mx_opt.optimizer.get_updater = get_updater
-
-
-_install()
+def updater_for(optimizer):
+    """The Updater for ``optimizer``: a :class:`MaskedUpdater` for a Masked optimizer or one
+    inside a wrapper (``hvd.DistributedOptimizer``), whose states are block-sized either way
+    and need their layouts saved and matched; None (MXNet's own) for any other. MXNet's
+    ``get_updater`` asks it first (see :func:`masked_opt._mxnet_workarounds.install`)."""
+    if find_masked(optimizer) is not None:
+        return MaskedUpdater(optimizer)
+    return None

@@ -18,15 +18,11 @@ A dist kvstore is checked while the optimizer is pickled for its servers
 (:func:`masked_opt.server.capture`); on a single device without a kvstore, the first step
 raises as usual.
 """
-import functools
-import sys
-
-import numpy as np
-from mxnet.kvstore.kvstore import KVStore
-
+from .masks import require_floating
+from .names import known_params
 from .optimizer import Masked
 
-__all__ = ['check_masks', 'known_params']
+__all__ = ['check_masks', 'check_before_kvstore', 'known_params']
 
 
 def check_masks(opt):
@@ -58,61 +54,19 @@ def check_masks(opt):
     parameter 'w' cols: train_cols index 8 is out of range; expected indices in [0, 8) ...
     """
     params = known_params(opt)
-    names = set(opt._index_names.values()) or set(params)
+    names = set(opt.index_names.values()) or set(params)
     for name in sorted(names & set(params)):
-        key = opt._mask_name_for(name)
+        key = opt.mask_key_for(name)
         if key is None:
             continue
         shape, dtype = params[name]
-        if not np.issubdtype(np.dtype(dtype), np.floating):
-            raise TypeError("parameter %r has dtype %s; a mask needs a floating-point weight "
-                            "(float16, float32 or float64)" % (name, np.dtype(dtype)))
+        require_floating(name, dtype)
         opt.masks[key].resolve(shape, name)
 
 
-def known_params(opt):
-    """``{name: (shape, dtype)}`` of the parameters whose full shape is known now.
-
-    Gluon's ``param_dict`` (initialised Parameters), else the Module or Trainer up the call
-    stack (Module hands the optimizer names only; the shapes are on the Module).
-    """
-    out = {p.name: (tuple(p.shape), p.dtype) for p in opt.base.param_dict.values()
-           if _known(p.shape)}
-    if out:
-        return out
-    # Looked up, not imported: where mxnet.module or mxnet.gluon is not loaded yet (on a kvstore
-    # server, mxnet itself may still be importing) no Module or Trainer can be on the stack.
-    Module = getattr(sys.modules.get('mxnet.module.module'), 'Module', ())
-    Trainer = getattr(sys.modules.get('mxnet.gluon.trainer'), 'Trainer', ())
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get('self')
-        if isinstance(owner, Module) and getattr(owner, '_arg_params', None):
-            return {name: (tuple(arr.shape), arr.dtype)
-                    for name, arr in owner._arg_params.items()}
-        if isinstance(owner, Trainer):
-            return {p.name: (tuple(p.shape), p.dtype) for p in owner._params
-                    if _known(p.shape)}
-        frame = frame.f_back
-    return {}
-
-
-def _known(shape):
-    return shape is not None and all(int(n) > 0 for n in shape)
-
-
-def _install():
-    original = getattr(KVStore.set_optimizer, '_masked_opt_original', KVStore.set_optimizer)
-
-    # Keep the parameter name `self`: server.pickling_for_servers finds the kvstore in the
-    # frame of whatever KVStore.set_optimizer is.
-    @functools.wraps(original)
-    def set_optimizer(self, optimizer):
-        if isinstance(optimizer, Masked) and 'dist' not in self.type:
-            check_masks(optimizer)
-        return original(self, optimizer)
-    set_optimizer._masked_opt_original = original
-    KVStore.set_optimizer = set_optimizer
-
-
-_install()
+def check_before_kvstore(kvstore, optimizer):
+    """What ``KVStore.set_optimizer`` runs first: :func:`check_masks` for a Masked optimizer
+    given to a kvstore that is not ``dist_*`` (see
+    :func:`masked_opt._mxnet_workarounds.install`)."""
+    if isinstance(optimizer, Masked) and 'dist' not in kvstore.type:
+        check_masks(optimizer)

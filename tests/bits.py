@@ -1,11 +1,12 @@
-"""Bit-level comparison: frozen means the same bits, not 'close'."""
+"""Bit-level comparison: frozen means the same bits, not 'close'; and the arrays compared."""
+import mxnet as mx
 import numpy as np
 
-_INT_OF = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+_INT_OF = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def as_bits(a):
-    """View an NDArray or numpy float array as unsigned integers of the same width."""
+    """View an NDArray or numpy array as unsigned integers of the same width."""
     a = a.asnumpy() if hasattr(a, 'asnumpy') else np.asarray(a)
     a = np.ascontiguousarray(a)
     return a.view(_INT_OF[a.dtype.itemsize])
@@ -30,3 +31,19 @@ def state_arrays(state):
     if isinstance(state, (list, tuple)):
         return [a for s in state for a in state_arrays(s)]
     return []
+
+
+def map_state(fn, state):
+    """Rebuild a nested state with ``fn`` applied to each NDArray."""
+    if isinstance(state, mx.nd.NDArray):
+        return fn(state)
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_state(fn, s) for s in state)
+    return state
+
+
+def rsp(ids, values, shape, dtype):
+    """A row_sparse gradient with the given (sorted, unique) row ids."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return mx.nd.sparse.row_sparse_array((np.asarray(values, dtype=dtype), ids), shape=shape,
+                                         dtype=dtype)

@@ -25,6 +25,9 @@ from masked_opt import server
 from masked_opt.launch import launch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Every process imports masked_opt from this checkout, not from wherever it is installed.
+CHECKOUT = os.pathsep.join([os.path.dirname(HERE)] + [
+    p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
 WORKER = os.path.join(HERE, 'dist_scripts', 'mf_worker.py')
 TIMEOUT = 150  # seconds for a whole job; a healthy one takes ~10-20 s on 2 busy cores
 NAMES = {'module': ('book_embedding_weight', 'member_embedding_weight'),
@@ -35,7 +38,7 @@ DEFAULTS = {'n_items': 40, 'n_users': 12, 'dim': 4, 'n_old': 25, 'mask': 'rows_c
 
 def run_job(cfg, tmp_path, num_servers=1, env=None, server_cmd=None, grace=3.0):
     cfg = dict(DEFAULTS, **cfg)
-    job_env = {'OMP_NUM_THREADS': '1', server.LOG_ENV: '1'}
+    job_env = {'OMP_NUM_THREADS': '1', server.LOG_ENV: '1', 'PYTHONPATH': CHECKOUT}
     job_env.update(env or {})
     kwargs = {'server_cmd': server_cmd} if server_cmd else {}
     procs = launch([sys.executable, WORKER, json.dumps(cfg), str(tmp_path)], num_workers=2,
@@ -153,6 +156,24 @@ def test_sparse_embedding_split_across_two_servers(api, base, tmp_path):
     item = NAMES[api][0]
     moved = np.flatnonzero((workers[0]['init:' + item] != workers[0]['final:' + item]).any(1))
     assert moved.min() >= cfg['n_old']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('api', ['gluon', 'module'])
+def test_sparse_embedding_trained_on_dist_servers_grows_from_the_servers_table(api, tmp_path):
+    """Issue 16: a SparseEmbedding's trained table lives on the servers; the layer holds only
+    the rows of its last batch. Grown on each worker right after training, the old rows are the
+    servers' table, bit for bit, and both workers grow the same table."""
+    cfg, procs = run_job({'api': api, 'base': 'adam', 'sparse': 'sparse_embedding',
+                          'grow': True}, tmp_path)
+    workers = check_masked_training(cfg, tmp_path, procs)
+    item = NAMES[api][0]
+    for rank, w in enumerate(workers):
+        grown = w['final:grown']
+        assert grown.shape == (cfg['n_items'] + 3, cfg['dim'])
+        assert_same_bits(w['final:' + item], grown[:cfg['n_items']],
+                         'worker %d: old rows of the grown table vs the servers' % rank)
+    assert_same_bits(workers[0]['final:grown'], workers[1]['final:grown'], 'worker 0 vs 1')
 
 
 # ------------------------------------------------------------- loud failures

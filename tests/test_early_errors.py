@@ -30,7 +30,7 @@ from mxnet import autograd, gluon
 import masked_opt as mo
 from bits import as_bits
 CTXS = [mx.cpu(0), mx.cpu(1)]
-# The two mistakes of issue 10: a column index past the end, a rows list of the wrong length.
+# Two common mistakes: a column index past the end, a rows list of the wrong length.
 BAD = {'cols': lambda n, d: mo.train_cols([d]), 'rows': lambda n, d: {'rows': np.ones(n + 1)}}
 
 def same(before, after):

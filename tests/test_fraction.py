@@ -14,7 +14,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, changed_bits, state_arrays
-from test_exact_all_optimizers import update_alone
+from exact import blend, update_alone
 
 import masked_opt as mo
 
@@ -62,12 +62,6 @@ def block_ids(s):
 
 def take(a, rows, cols):
     return a[rows] if cols is None else a[np.ix_(rows, cols)]
-
-
-def blend(new, old, s, dtype):
-    """The contract in numpy: ``new - (1 - s) * (new - old)``, in ``dtype`` arithmetic."""
-    keep = (1.0 - s).astype(dtype)   # 1 - s in float64, rounded once, as masked_opt stores it
-    return new - keep * (new - old)
 
 
 def master_of(opt, state):

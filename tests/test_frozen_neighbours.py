@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from bits import assert_same_bits, state_arrays
 from mxnet import autograd, gluon
-from test_sparse import CASES
+from optim_db import SPARSE_CONFIGS as CASES
 
 import masked_opt as mo
 

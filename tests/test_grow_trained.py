@@ -4,8 +4,8 @@ A Trainer or Module that updates on a kvstore keeps the trained table there. For
 MXNet pulls it back into the parameter after every step; for a row_sparse weight
 (``contrib.nn.SparseEmbedding``, ``sym.contrib.SparseEmbedding``) it does not: each forward
 pulls only the rows of its batch, before the step's update, so the layer's own copy holds stale
-rows of the last batch (issue 16: a (10, 4) table trained on ids {1, 2}, {5, 6}, {1, 2} grew
-into a table storing rows [1, 2, 10, 11, 12]; none of the ten old rows equalled the trained
+rows of the last batch (a (10, 4) table trained on ids {1, 2}, {5, 6}, {1, 2} grew into a
+table storing rows [1, 2, 10, 11, 12]; none of the ten old rows equalled the trained
 table). Each case here trains, grows, checks the old rows against the trained table on the bits
 (read from a twin trained identically, or from the kvstore itself), then trains on with a new
 Trainer (or Module) and the returned mask: old rows keep their bits, new rows in the batch move.
@@ -54,10 +54,11 @@ def _train_embedding(make, ctxs, kvstore, update_on_kvstore):
     return block, trainer
 
 
+# One name for every run: new rows are seeded by the seed and the parameter's name.
 EMBEDDINGS = {
-    'sparse_embedding': lambda: SparseEmbedding(V, D),
-    'embedding': lambda: gluon.nn.Embedding(V, D),
-    'embedding_sparse_grad': lambda: gluon.nn.Embedding(V, D, sparse_grad=True),
+    'sparse_embedding': lambda: SparseEmbedding(V, D, prefix='emb_'),
+    'embedding': lambda: gluon.nn.Embedding(V, D, prefix='emb_'),
+    'embedding_sparse_grad': lambda: gluon.nn.Embedding(V, D, sparse_grad=True, prefix='emb_'),
 }
 
 # (layer, contexts, kvstore, update_on_kvstore): where training leaves the table.
@@ -116,6 +117,31 @@ def test_the_issue_repro_grown_table_stores_every_row():
     data = block.weight._data[0]
     assert data.indices.asnumpy().tolist() == list(range(V + N_NEW))
     assert_same_bits(_full(twin.weight)[0], data.asnumpy()[:V], 'old rows vs trained table')
+
+
+def test_sparse_embedding_grown_twice_keeps_the_rows_trained_in_between():
+    """Grow, train the new rows with a new Trainer, grow again: the second growth starts from
+    the table the second Trainer trained (its kvstore), not from the first growth's copy."""
+    block, _ = _train_embedding(EMBEDDINGS['sparse_embedding'], CTX1, 'local', None)
+    mask = mo.grow_embedding(block, N_NEW, seed=0)
+    trainer = gluon.Trainer(block.collect_params(), 'masked',
+                            {'base': 'adam', 'learning_rate': 0.1, 'masks': {block.weight: mask}},
+                            kvstore='local')
+    for ids in NEW_BATCHES:
+        _step(block, trainer, CTX1, ids)
+    # Reading the trained table here would pull it into the layer: a twin run gives it.
+    again = mo.grow_embedding(block, 2, seed=1)
+    assert again == mo.train_rows_from(V + N_NEW)
+    twin, _ = _train_embedding(EMBEDDINGS['sparse_embedding'], CTX1, 'local', None)
+    twin_mask = mo.grow_embedding(twin, N_NEW, seed=0)
+    twin_trainer = gluon.Trainer(twin.collect_params(), 'masked',
+                                 {'base': 'adam', 'learning_rate': 0.1,
+                                  'masks': {twin.weight: twin_mask}}, kvstore='local')
+    for ids in NEW_BATCHES:
+        _step(twin, twin_trainer, CTX1, ids)
+    trained = twin.weight.row_sparse_data(mx.nd.arange(V + N_NEW, dtype='int64')).asnumpy()
+    assert_same_bits(trained, block.weight._data[0].asnumpy()[:V + N_NEW],
+                     'rows 0..12 after the second growth vs the table trained in between')
 
 
 def test_untrained_sparse_embedding_needs_no_trainer():

@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import pytest
 from bits import assert_same_bits, changed_bits
-from test_docs_examples import python_blocks
+from doc_blocks import python_blocks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

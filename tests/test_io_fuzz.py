@@ -1,4 +1,4 @@
-"""Untrusted mask files (issue 10, item 6): every field read from a file is validated.
+"""Untrusted mask files: every field read from a file is validated.
 
 :func:`masked_opt.io.load_masks` opens files from anyone. Whatever a file holds, loading it
 either gives masks that the helpers (``train_rows``, ``scale_rows``, ...) could have built, or

@@ -154,7 +154,7 @@ def test_gluon_two_devices(kvstore, update_on_kvstore, hybridize):
         assert_same_bits(users[0], users[1], 'user copies')
     # One plan per context for each masked parameter (none on the server side here).
     opt = trainer._optimizer
-    planned = {ctx for (_, ctx), plan in opt._plans.items() if plan is not None}
+    planned = {ctx for (_, ctx), plan in opt.plans.items() if plan is not None}
     if kvstore is not None and update_on_kvstore:
         assert len(planned) == 1  # the kvstore updates once, on its merge buffer's context
     else:

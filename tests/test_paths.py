@@ -19,14 +19,16 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import assert_same_bits
+from bits import assert_same_bits, map_state, rsp, state_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_sparse import CASE_IDS, NAME, NO_WD, map_state, rsp, state_arrays
+from optim_db import NO_WD, SPARSE_CONFIGS, case_ids
 
 import masked_opt as mo
 import masked_opt.update as update_module
 
+NAME = 'table_weight'   # ends in _weight: MXNet applies wd to it
+CASE_IDS = case_ids(SPARSE_CONFIGS)
 # Wrapped optimizers that have lazy_update (False = MXNet's standard row_sparse update).
 LAZY_OPTION = [
     pytest.param('sgd', {'momentum': 0.9}, id='sgd-mom'),

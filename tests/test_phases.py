@@ -1,4 +1,4 @@
-"""Masks that change between phases (issue 10, item 2): staged unfreezing, Module and Gluon.
+"""Masks that change between phases: staged unfreezing, Module and Gluon.
 
 Phase 1 trains with mask A and saves the optimizer states (block-sized); phase 2 loads them
 under mask B. Entries trainable in both phases keep their state bit for bit, newly trainable

@@ -86,7 +86,7 @@ def test_kvstore_style_pickle_keeps_masks_names_and_behaviour(base):
     reference = _run_updates(opt)
     copy, text = _kvstore_roundtrip(opt)
     assert copy.masks == opt.masks
-    assert copy._index_names == opt._index_names == dict(enumerate(SHAPES))
+    assert copy.index_names == opt.index_names == dict(enumerate(SHAPES))
     assert type(copy.base) is type(opt.base)
     for attr in ('lr', 'wd', 'rescale_grad', 'clip_gradient', 'num_update'):
         assert getattr(copy, attr) == getattr(opt, attr), attr

@@ -24,18 +24,10 @@ import warnings
 import mxnet as mx
 import numpy as np
 from bits import assert_same_bits, changed_bits, state_arrays
+from exact import POISON, Layout, blend, update_alone
 from hypothesis import given
 from hypothesis import strategies as st
-from test_exact_all_optimizers import (
-    CONFIGS,
-    NO_FLOAT64,
-    NO_WD,
-    ONLY_2D,
-    POISON,
-    Layout,
-    update_alone,
-)
-from test_fraction import blend
+from optim_db import CONFIGS, NO_FLOAT64, NO_WD, ONLY_2D
 
 import masked_opt as mo
 

@@ -29,49 +29,24 @@ import warnings
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import as_bits, assert_same_bits, state_arrays
+from bits import as_bits, assert_same_bits, map_state, rsp, state_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import GluonMF, forum_mf, mf_iter, ratings
 from mxnet import autograd, gluon
 from mxnet.base import _LIB
+from optim_db import MULTI_PRECISION, NO_WD, NOT_WRAPPED, ONLY_2D, SPARSE_CONFIGS, case_ids
 
 import masked_opt as mo
 
 NAME = 'table_weight'   # ends in _weight: MXNet applies wd to it
 POISON = (np.nan, np.inf, -np.inf)
 
-# Every optimizer MXNet 1.9.1 registers, with the settings that change its update rule.
-# test_every_registered_optimizer_is_covered keeps this list complete.
-CASES = {
-    'sgd': [{}, {'momentum': 0.9}],
-    'ccsgd': [{'momentum': 0.9}],
-    'nag': [{'momentum': 0.9}],
-    'adam': [{}],
-    'adagrad': [{}],
-    'rmsprop': [{'centered': False}, {'centered': True}],
-    'adadelta': [{}],
-    'adamax': [{}],
-    'nadam': [{}],
-    'ftml': [{}],
-    'ftrl': [{}],
-    'signum': [{'momentum': 0.9, 'wd_lh': 0.01}],
-    'sgld': [{}],
-    'dcasgd': [{}],
-    'lamb': [{}],
-    'lars': [{'momentum': 0.9}],
-    'lbsgd': [{'momentum': 0.9}],
-    'groupadagrad': [{}],
-    'test': [{}],
-}
-NOT_WRAPPED = {'masked'}
-NO_WD = {'groupadagrad'}   # asserts wd == 0 (a limit of GroupAdaGrad itself)
-ONLY_2D = {'groupadagrad'}
-# float16 weights with multi_precision (float32 master copy); the rest run float32.
-MULTI_PRECISION = {'sgd', 'adam'}
-
-CASE_IDS = [pytest.param(name, config, id='%s-%d' % (name, k))
-            for name, configs in CASES.items() for k, config in enumerate(configs)]
+# Every optimizer MXNet 1.9.1 registers, with the settings that change its update rule (the
+# table in optim_db); test_every_registered_optimizer_is_covered keeps it complete.
+CASES = SPARSE_CONFIGS
+NOT_WRAPPED = set(NOT_WRAPPED)
+CASE_IDS = case_ids(CASES)
 
 
 def _examples(divisor):
@@ -91,28 +66,12 @@ def test_every_registered_optimizer_is_covered():
 # ---------------------------------------------------------------------------------------------
 
 
-def map_state(fn, state):
-    """Rebuild a nested state with ``fn`` applied to each NDArray."""
-    if isinstance(state, mx.nd.NDArray):
-        return fn(state)
-    if isinstance(state, (list, tuple)):
-        return type(state)(map_state(fn, s) for s in state)
-    return state
-
-
 def call_like_updater(opt, weight, grad, state):
     """One update as MXNet's Updater makes it: lists when the optimizer aggregates."""
     if opt.aggregate_num > 0:
         opt.update_multi_precision([0], [weight], [grad], [state])
     else:
         opt.update_multi_precision(0, weight, grad, state)
-
-
-def rsp(ids, values, shape, dtype):
-    """A row_sparse gradient with the given (sorted, unique) row ids."""
-    ids = np.asarray(ids, dtype=np.int64)
-    return mx.nd.sparse.row_sparse_array((np.asarray(values, dtype=dtype), ids), shape=shape,
-                                         dtype=dtype)
 
 
 class Setting:

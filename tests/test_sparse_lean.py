@@ -45,7 +45,7 @@ def _run(stype, mask, base, w0, grads, extra):
 @pytest.mark.parametrize('base,extra', [('sgd', {'momentum': 0.9}), ('adam', {'wd': 0.01})])
 @pytest.mark.parametrize('mask', ['rows', 'rows+cols', 'cols'])
 def test_row_sparse_weight_keeps_special_bits(base, extra, mask):
-    """Item 7 of issue 10: a row_sparse weight's rows were written with
+    """The regression: a row_sparse weight's rows were written with
     ``sgd_update(lr=1, wd=1, rescale_grad=-1)``, i.e. ``0 * w + v``: a frozen +-Inf in a
     trained row became NaN. Every bit must now be kept or taken exactly."""
     shape = (8, 6)

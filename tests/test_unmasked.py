@@ -13,7 +13,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, state_arrays
-from test_exact_all_optimizers import CONFIGS, params_for
+from exact import params_for
+from optim_db import CONFIGS
 
 import masked_opt as mo
 

@@ -1,4 +1,4 @@
-"""Warm start: optimizer states of an *unmasked* run loaded into a masked one (issue 10, item 1).
+"""Warm start: optimizer states of an *unmasked* run loaded into a masked one.
 
 Pre-train everything, then freeze the old rows and continue with the saved moments. In Gluon,
 ``Trainer.load_states`` of the unmasked run's file must keep the masks (MXNet alone replaces the

@@ -280,15 +280,15 @@ def test_module_wrapped_states_follow_their_rows_into_the_next_phase(tmp_path):
 def test_a_state_files_optimizer_inside_a_wrapper_becomes_the_wrapped_one():
     """Gluon's state file holds the Trainer's optimizer, which may be a wrapper: what the live
     Masked adopts from it is the optimizer doing the arithmetic, never a second wrapper."""
-    from masked_opt.states import _adopt
+    from masked_opt.states import _take_file_optimizer
     live = mo.Masked(base='sgd', masks={BOOK: mo.train_rows_from(N_OLD)})
     plain = mx.optimizer.Adam(learning_rate=0.01)
-    _adopt(live, Forwarding(plain))            # an unmasked run, wrapped
+    _take_file_optimizer(live, Forwarding(plain))         # an unmasked run, wrapped
     assert live.base is plain and live.masks.keys() == {BOOK}
     masked_adam = mo.Masked(base='adam', masks={MEMBER: mo.train_cols([0])})
-    _adopt(live, Forwarding(masked_adam))      # a masked run, wrapped: its base, live masks
+    _take_file_optimizer(live, Forwarding(masked_adam))   # masked, wrapped: its base, live masks
     assert live.base is masked_adam.base and live.masks.keys() == {BOOK}
     two = Forwarding(plain)
     two.other = mx.optimizer.SGD()
     with pytest.raises(ValueError, match='wraps several optimizers'):
-        _adopt(live, two)
+        _take_file_optimizer(live, two)

@@ -1,23 +1,38 @@
-"""``masked-opt demo --plot FILE``: embeddings before and after, and the learning curves.
+"""``masked-opt demo --plot FILE``: did masked training reach the best new rows possible, with
+the old rows untouched?
 
-Grow mode, first seed: for each table a 2-D projection on the old rows' first two principal
-axes (each labelled with the share of the old rows' variance it explains), old rows in grey
-and an arrow from each new row's initial to its trained position; the masked phase's
-validation RMSE per epoch with the ceiling and the floors as horizontal lines (and the full
-retrain's curve); the old model's own validation curve in a panel of its own (another scale).
-Latent-split mode: the trained column itself, entry by entry against the ceiling's.
+One figure, every seed, drawn from the report's numbers only (nothing is recomputed):
+
+* the verdict on the frozen entries, on top: how many changed their bits, per seed (and, for
+  growth, whether the old pairs' RMSE stayed identical);
+* left, **the gap to the ceiling per epoch**: ``100 * (J - J*) / J*`` for the masked phase's
+  objective ``J`` (squared errors on its training ratings plus its ridge term) and the
+  ceiling's ``J*``, the optimum of that same objective with the old rows frozen; log scale,
+  one line per seed from the initial rows (epoch 0), a dot at the epoch kept on validation
+  (the report's ``gap.objective_percent``), the 1% line for reference;
+* right, **where each model lands on the test ratings**: RMSE per model and seed on a log
+  axis, from the new rows at init down to the ceiling, next to the full retrain and the floors.
+
+:func:`figure` builds it (tests read its Axes), :func:`plot_report` writes it.
 """
 import os
 
 import numpy as np
 
-from .model import BOOK, MEMBER
+__all__ = ['check_target', 'plot_report', 'figure', 'gap_curve', 'drawn_numbers',
+           'PLOT_REQUIREMENTS']
 
-__all__ = ['check_target', 'plot_report', 'PLOT_REQUIREMENTS']
-
-#: What ``--plot`` needs, as pinned in pyproject.toml (a test keeps the two equal): a bare
+#: What ``--plot`` needs, as pinned in pyproject.toml (a test keeps the two equal):
 #: matplotlib left unpinned would bring numpy 2 and break ``import mxnet``.
 PLOT_REQUIREMENTS = ('matplotlib>=3.8,<3.11', 'contourpy>=1.0.1,<1.3.3')
+
+#: Gaps at or below this (percent) are drawn on it: the log axis has no 0.
+FLOOR_PERCENT = 1e-4
+#: Models on the right panel, top to bottom, with their labels.
+MODELS = (('before', 'before the new column'), ('init', 'new rows at init'),
+          ('masked', 'masked training'), ('ceiling', 'ceiling (best possible)'),
+          ('full_retrain', 'full retrain'), ('bias_only', 'floor: bias only'),
+          ('global_mean', 'floor: global mean'))
 
 
 class PlotError(ValueError):
@@ -40,91 +55,166 @@ def check_target(path):
         raise PlotError('--plot %s: expected a file name ending in .png, .pdf or .svg' % path)
 
 
-def _projection(ax, key, tables, n_old):
-    new = np.asarray(tables['new'][key], np.float64)
-    init = np.asarray(tables['init'][key], np.float64)
-    centre = new[:n_old].mean(axis=0)
-    _, sv, vt = np.linalg.svd(new[:n_old] - centre, full_matrices=False)
-    share = sv ** 2 / (sv ** 2).sum()
-    xy, start = (new - centre) @ vt[:2].T, (init - centre) @ vt[:2].T
-    ax.scatter(xy[:n_old, 0], xy[:n_old, 1], s=5, c='0.75', label='old rows (frozen)')
-    if new.shape[0] > n_old:
-        d = xy[n_old:] - start[n_old:]
-        ax.quiver(start[n_old:, 0], start[n_old:, 1], d[:, 0], d[:, 1], angles='xy',
-                  scale_units='xy', scale=1, width=0.003, color='tab:blue', alpha=0.6)
-        ax.scatter(start[n_old:, 0], start[n_old:, 1], s=8, marker='x', c='tab:blue',
-                   label='new rows at init')
-        ax.scatter(xy[n_old:, 0], xy[n_old:, 1], s=10, c='tab:red', label='new rows trained')
-    ax.set_xlabel('PC 1 of the old rows (%.0f%% of their variance)' % (100 * share[0]))
-    ax.set_ylabel('PC 2 (%.0f%%)' % (100 * share[1]))
-    ax.set_title('%s: init -> trained' % key.replace('_weight', ''))
-    ax.legend(loc='best', fontsize=7)
+def gap_curve(seed_report):
+    """``(epochs, gap percent)`` of one seed: epoch 0 is the initial rows, then every epoch.
+
+    Examples
+    --------
+    >>> from masked_opt.demo.plot import gap_curve
+    >>> r = {'objective': {'init': 300.0, 'ceiling': 100.0},
+    ...      'curves': {'masked_objective': [110.0, 101.0, 100.0]}}
+    >>> epochs, gap = gap_curve(r)
+    >>> epochs.tolist(), gap.tolist()
+    ([0, 1, 2, 3], [200.0, 10.0, 1.0, 0.0001])
+    """
+    best = seed_report['objective']['ceiling']
+    values = [seed_report['objective']['init']] + list(seed_report['curves']['masked_objective'])
+    if not best > 0:      # the ceiling fits exactly (every rating equal): no relative gap
+        return np.arange(len(values)), np.full(len(values), np.nan)
+    gap = 100.0 * (np.asarray(values, np.float64) - best) / best
+    return np.arange(len(values)), np.maximum(gap, FLOOR_PERCENT)
 
 
-def _curves(ax, first):
-    curve = first['curves']['masked_validation']
-    ax.plot(range(1, len(curve) + 1), curve, c='tab:red', label='masked phase')
-    full = first['curves']['full_retrain_validation']
-    ax.plot(range(1, len(full) + 1), full, c='tab:green', label='full retrain (best wd)')
-    v = first['validation']
-    for key, colour, label in (('ceiling', 'k', 'ceiling (fold-in)'),
-                               ('bias_only', 'tab:orange', 'floor: bias only'),
-                               ('global_mean', 'tab:purple', 'floor: global mean')):
-        if v.get(key) is not None:
-            ax.axhline(v[key], c=colour, ls='--', lw=1, label='%s %.4f' % (label, v[key]))
-    ax.axvline(first['choices']['masked_epoch'], c='tab:red', ls=':', lw=1,
-               label='epoch kept (best validation)')
-    low = min(min(curve), min(full), *(x for x in v.values() if x is not None))
-    high = max(curve[0], full[0], *(x for x in v.values() if x is not None))
-    ax.set_ylim(low - 0.03 * (high - low), high + 0.03 * (high - low))
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('validation RMSE')
-    ax.set_title('learning curves on validation ratings')
-    ax.legend(fontsize=7)
+def _verdict(report):
+    grow = report['mode'] == 'grow'
+    per_seed = report['per_seed']
+    changed = [r['frozen_entries_changed'] for r in per_seed]
+    what = 'old rows' if grow else 'first %d columns' % (report['settings']['latent_dim'] - 1)
+    ok = not any(changed)
+    text = '%s %s: %s of %d frozen entries changed their bits (seed%s %s)' % (
+        what.capitalize(), 'untouched' if ok else 'CHANGED',
+        ', '.join('%d' % c for c in changed), per_seed[0]['frozen_entries'],
+        '' if len(changed) == 1 else 's', ', '.join(str(s) for s in report['seeds']))
+    if grow:
+        same = all(r['rmse_old_pairs']['before'] == r['rmse_old_pairs']['after'] for r in per_seed)
+        text += '; old pairs\' RMSE %s' % ('identical before and after' if same else 'CHANGED')
+        ok = ok and same
+    return text, ok
 
 
-def _old_curve(ax, first):
-    curve = first['curves']['old_model_validation']
-    ax.plot(range(1, len(curve) + 1), curve, marker='o', ms=3, c='0.3')
-    ax.axvline(first['choices']['old_epoch'], c='0.3', ls=':', lw=1, label='epoch kept')
-    ax.set_xlabel('epoch')
-    ax.set_ylabel('validation RMSE')
-    ax.set_title('the old model (before growth), wd %g' % first['choices']['old_wd'])
-    ax.legend(fontsize=7)
+def _gap_panel(ax, report, colours):
+    for r, colour in zip(report['per_seed'], colours, strict=True):
+        epochs, gap = gap_curve(r)
+        kept = r['choices']['masked_epoch']
+        percent = r['gap']['objective_percent']
+        if percent is None:
+            ax.plot([], [], c=colour, label='seed %d: no relative gap (the ceiling fits the '
+                    'training ratings exactly, objective 0)' % r['seed'])
+            continue
+        ax.plot(epochs, gap, c=colour, lw=1.2)
+        ax.plot([kept], [max(percent, FLOOR_PERCENT)], 'o', c=colour,
+                ms=6, ls='-', lw=1.2, label='seed %d: %+.2f%% at epoch %d, the one kept' % (
+                    r['seed'], percent, kept))
+    ax.axhline(1.0, c='0.4', ls='--', lw=0.8, label='1% above the ceiling')
+    ax.set_yscale('log')
+    halve = report['settings'].get('halve_every')
+    ax.set_xlabel('epoch of the masked phase (0: the rows at init%s)' % (
+        '; learning rate halved every %d' % halve if halve else ''))
+    ax.set_ylabel('objective above the ceiling, % (log)')
+    ax.set_title('gap to the best possible new rows, on the training ratings', fontsize=10)
+    ax.grid(True, which='major', ls=':', lw=0.5)
+    ax.legend(fontsize=7, loc='upper right')
 
 
-def _last_column(ax, key, tables):
-    trained = np.asarray(tables['new'][key], np.float64)[:, -1]
-    init = np.asarray(tables['init'][key], np.float64)[:, -1]
-    best = np.asarray(tables['ceiling'][key], np.float64)[:, -1]
-    ax.scatter(best, init, s=5, c='tab:blue', alpha=0.5, label='at init')
-    ax.scatter(best, trained, s=5, c='tab:red', label='after masked training')
-    lo, hi = float(min(best.min(), trained.min())), float(max(best.max(), trained.max()))
-    ax.plot([lo, hi], [lo, hi], c='k', lw=1, ls='--', label='y = x')
-    ax.set_xlabel('ceiling: optimal last-column entry')
-    ax.set_ylabel('last-column entry')
-    ax.set_title('%s: the trained dimension' % key.replace('_weight', ''))
-    ax.legend(fontsize=7)
+def _rmse_panel(ax, report, colours):
+    rows = [(key, label) for key, label in MODELS
+            if any(r['rmse'].get(key) is not None for r in report['per_seed'])]
+    if report['mode'] != 'grow':
+        rows = [(k, label.replace('new rows', 'new column')) for k, label in rows]
+    y = np.arange(len(rows))[::-1]
+    values = [r['rmse'][key] for r in report['per_seed'] for key, _ in rows
+              if r['rmse'].get(key) is not None]
+    for r, colour in zip(report['per_seed'], colours, strict=True):
+        xs = [r['rmse'].get(key) for key, _ in rows]
+        keep = [i for i, x in enumerate(xs) if x is not None]
+        ax.scatter([xs[i] for i in keep], y[keep], s=28, color=colour, alpha=0.8,
+                   label='seed %d' % r['seed'], zorder=3)
+    for i, (key, _) in enumerate(rows):
+        if key in ('masked', 'ceiling'):
+            ax.axhspan(y[i] - 0.4, y[i] + 0.4, color='0.92', zorder=0)
+    ax.set_yticks(y)
+    ax.set_yticklabels([label for _, label in rows], fontsize=8)
+    _log_ticks(ax, min(values) / 1.2, max(values) * 1.2)
+    ax.set_xlabel('RMSE on the %stest ratings (log)'
+                  % ('new-pair ' if report['mode'] == 'grow' else ''))
+    gap = report['summary'].get('gap.rmse', {})
+    ax.set_title('where each model lands on the test ratings', fontsize=10)
+    if gap.get('mean') is not None:
+        ax.text(0.98, 0.5, 'masked - ceiling:\n%+.4f RMSE\n(mean over seeds)' % gap['mean'],
+                transform=ax.transAxes, ha='right', va='center', fontsize=8)
+    ax.grid(True, axis='x', which='both', ls=':', lw=0.5)
+    ax.legend(fontsize=7, loc='lower right')
 
 
-def plot_report(report, path):
-    """Draw the first seed's report (needs ``'_tables'`` in it) into ``path``."""
+def _log_ticks(ax, lo, hi):
+    """A log axis from lo to hi labelled 0.2, 0.5, 1 (not 2 x 10^-1)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+    ax.set_xscale('log')
+    ax.set_xlim(lo, hi)
+    ticks = [v * 10.0 ** e for e in range(-3, 3) for v in (1, 1.5, 2, 3, 5, 7)]
+    ticks = [v for v in ticks if lo <= v <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticklabels(['%g' % v for v in ticks], fontsize=8)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def figure(report):
+    """The figure for a report of :func:`~masked_opt.demo.run_seeds` (matplotlib ``Figure``)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    first = report['per_seed'][0]
-    tables = first['_tables']
-    fig, axes = plt.subplots(2, 2, figsize=(13, 10))
-    if report['mode'] == 'grow':
-        d = report['data']
-        _projection(axes[0, 0], MEMBER, tables, d['old_users'])
-        _projection(axes[0, 1], BOOK, tables, d['old_items'])
-    else:
-        _last_column(axes[0, 0], MEMBER, tables)
-        _last_column(axes[0, 1], BOOK, tables)
-    _curves(axes[1, 0], first)
-    _old_curve(axes[1, 1], first)
-    fig.suptitle('masked-opt demo, %s, seed %d' % (report['data']['source'], first['seed']))
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    colours = [plt.get_cmap('tab10')(i % 10) for i in range(len(report['per_seed']))]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.4),
+                                      gridspec_kw={'width_ratios': [1.35, 1]})
+    title = ('did masked training reach the best new %s possible, with the old ones untouched?'
+             % ('rows' if report['mode'] == 'grow' else 'column'))
+    fig.suptitle('masked-opt demo on %s: %s' % (report['data']['source'].split(' (seed')[0],
+                                                title), fontsize=11)
+    text, ok = _verdict(report)
+    fig.text(0.5, 0.905, text, ha='center', fontsize=10, weight='bold',
+             color='tab:green' if ok else 'tab:red')
+    _gap_panel(left, report, colours)
+    _rmse_panel(right, report, colours)
+    fig.tight_layout(rect=(0, 0, 1, 0.89))
+    return fig
+
+
+def drawn_numbers(report):
+    """The report's numbers the figure shows, per seed (stored in a PNG it writes).
+
+    Examples
+    --------
+    >>> from masked_opt.demo.plot import drawn_numbers
+    >>> r = {'seeds': [0], 'per_seed': [{'frozen_entries_changed': 0, 'frozen_entries': 8,
+    ...      'gap': {'objective_percent': 0.5}, 'choices': {'masked_epoch': 3},
+    ...      'rmse': {'masked': 0.2, 'ceiling': 0.19}}]}
+    >>> drawn_numbers(r)['rmse']
+    {'masked': [0.2], 'ceiling': [0.19]}
+    """
+    per_seed = report['per_seed']
+    keys = [k for k, _ in MODELS if any(r['rmse'].get(k) is not None for r in per_seed)]
+    return {'seeds': list(report['seeds']),
+            'frozen_entries_changed': [r['frozen_entries_changed'] for r in per_seed],
+            'frozen_entries': per_seed[0]['frozen_entries'],
+            'gap_objective_percent': [r['gap']['objective_percent'] for r in per_seed],
+            'masked_epoch': [r['choices']['masked_epoch'] for r in per_seed],
+            'rmse': {k: [r['rmse'].get(k) for r in per_seed] for k in keys}}
+
+
+def plot_report(report, path):
+    """Write :func:`figure` of ``report`` to ``path`` (``.png``, ``.pdf`` or ``.svg``).
+
+    A PNG carries :func:`drawn_numbers` as JSON in its ``Description`` text chunk, so a picture
+    can be checked against the text report of the same run (``tests/test_readme_block.py``).
+    """
+    import json
+
+    import matplotlib.pyplot as plt
+    fig = figure(report)
+    metadata = None
+    if path.lower().endswith('.png'):
+        metadata = {'Description': json.dumps(drawn_numbers(report), sort_keys=True)}
+    try:
+        fig.savefig(path, dpi=90, metadata=metadata)
+    finally:
+        plt.close(fig)

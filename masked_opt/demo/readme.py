@@ -1,35 +1,70 @@
-"""The README's demo output and the numbers of ``docs/howto/grow.md``, generated, never pasted.
+"""The README's demo output, the numbers of ``docs/howto/grow.md`` and the docs' picture,
+generated, never pasted.
 
-``python -m masked_opt.demo.readme`` runs ``masked-opt demo`` with its defaults and rewrites
-the generated blocks in place: each sits between ``<!-- generated: NAME -->`` and
-``<!-- end generated: NAME -->``. ``--check`` only compares and exits 1 when a block is stale.
+``python -m masked_opt.demo.readme`` runs ``masked-opt demo --plot`` with its defaults and
+rewrites the generated blocks in place, each between ``<!-- generated: NAME -->`` and
+``<!-- end generated: NAME -->``, and the picture :data:`FIGURE` (a PNG that carries the
+numbers it was drawn from). ``--check`` only compares and exits 1 when a block or the picture
+is stale.
 The wall-time and update-path lines are shown but never compared (they depend on the
 machine); ``tests/test_readme_block.py`` runs the check.
 """
 import contextlib
 import io
+import json
 import pathlib
 import re
 import sys
+import tempfile
 
-__all__ = ['demo_output', 'blocks', 'replace_block', 'stale_blocks', 'ROOT', 'PAGES']
+__all__ = ['demo_output', 'blocks', 'replace_block', 'stale_blocks', 'stale_figure', 'drawn',
+           'ROOT', 'PAGES', 'FIGURE']
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: The files holding generated blocks, by block name.
 PAGES = {'demo-output': 'README.md', 'demo-time': 'README.md',
          'grow-numbers': 'docs/howto/grow.md'}
+#: The demo's picture (``--plot``) from the same run, shown in the docs and the README.
+FIGURE = 'docs/img/demo.png'
 #: Lines that depend on the machine, shown but never compared: wall times, and whether the
 #: native operators were built here.
 _MACHINE = re.compile(r'^(wall time[^:]*|  update path|How long):.*$', re.M)
 
 
-def demo_output(argv=('demo', '--no-progress')):
-    """Run ``masked-opt`` with ``argv``; return ``(exit code, stdout text)``."""
+def demo_output(argv=('demo', '--no-progress'), plot=None):
+    """Run ``masked-opt`` with ``argv`` (and ``--plot plot``); return ``(exit code, text)``.
+
+    The text is what the demo prints, less the line that names the plot file.
+    """
     from ..cli import main
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = main(list(argv))
-    return code, out.getvalue()
+        code = main(list(argv) + (['--plot', str(plot)] if plot else []))
+    text = out.getvalue()
+    if plot:
+        text = text.replace('plot written to %s\n' % plot, '')
+    return code, text
+
+
+def drawn(path):
+    """The numbers a PNG of ``masked-opt demo --plot`` was drawn from (its Description)."""
+    from PIL import Image
+    with Image.open(path) as image:
+        return json.loads(image.text['Description'])
+
+
+def _rounded(tree, digits=4):
+    if isinstance(tree, dict):
+        return {k: _rounded(v, digits) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_rounded(v, digits) for v in tree]
+    return round(tree, digits) if isinstance(tree, float) else tree
+
+
+def stale_figure(new_png, root=ROOT):
+    """Whether the docs' picture was drawn from other numbers than ``new_png`` (4 digits)."""
+    old = root / FIGURE
+    return not old.exists() or _rounded(drawn(old)) != _rounded(drawn(new_png))
 
 
 def _numbers_table(text):
@@ -119,16 +154,23 @@ def stale_blocks(text, root=ROOT):
 def main(argv=None):
     """``python -m masked_opt.demo.readme [--check]``: rewrite (or check) the blocks."""
     argv = sys.argv[1:] if argv is None else argv
-    code, text = demo_output()
-    if code != 0:
-        print('the demo exited with %d; not touching the pages' % code, file=sys.stderr)
-        return code
-    if '--check' in argv:
-        stale = stale_blocks(text)
-        for name in stale:
-            print('stale: the %s block of %s; run python -m masked_opt.demo.readme'
-                  % (name, PAGES[name]), file=sys.stderr)
-        return 1 if stale else 0
+    check = '--check' in argv
+    with tempfile.TemporaryDirectory() as tmp:
+        png = pathlib.Path(tmp) / 'demo.png'
+        code, text = demo_output(plot=png)
+        if code != 0:
+            print('the demo exited with %d; not touching the pages' % code, file=sys.stderr)
+            return code
+        if check:
+            stale = ['%s block of %s' % (name, PAGES[name]) for name in stale_blocks(text)]
+            stale += [FIGURE] if stale_figure(png) else []
+            for what in stale:
+                print('stale: the %s; run python -m masked_opt.demo.readme' % what,
+                      file=sys.stderr)
+            return 1 if stale else 0
+        (ROOT / FIGURE).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / FIGURE).write_bytes(png.read_bytes())
+        print('wrote %s' % FIGURE)
     for name, body in blocks(text).items():
         path = ROOT / PAGES[name]
         path.write_text(replace_block(path.read_text(encoding='utf-8'), name, body),

@@ -67,7 +67,7 @@ class NativeRows(BlockStep):
     serves_fractions = False
 
     def __init__(self, plan, ranges, weight, grad):
-        self._plan = plan
+        self.plan = plan
         (self._lo, self._hi), (self._c0, self._c1) = ranges
         self._all_cols = self._c0 == 0 and self._c1 == weight.shape[1]
         ranges = (self._lo, self._hi, self._c0, self._c1)
@@ -91,7 +91,7 @@ class NativeRows(BlockStep):
         # every step: one C call less per step; a new weight object gets a new view).
         if (self._lo, self._hi) == (0, weight.shape[0]):
             return weight
-        return self._plan.remember('native_view', weight, lambda: weight[self._lo:self._hi])
+        return self.plan.remember('native_view', weight, lambda: weight[self._lo:self._hi])
 
     def gather_weight(self, weight):
         """What the lazy kernel updates: the rows view, or the scratch with the column block."""

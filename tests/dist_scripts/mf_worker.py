@@ -10,7 +10,10 @@ CONFIG keys (all optional):
   'sparse_grad'; n_items, n_users, dim, n_old, steps, batch: ints;
   mask: 'rows' (item rows from n_old) | 'rows_cols' (also a column of the user table);
   extra_key: initialise another string key on the kvstore first (Module key-order trap);
-  tamper_shape: record a wrong full shape for the item table (server check).
+  tamper_shape: record a wrong full shape for the item table (server check);
+  grow: after training, grow the item table by GROW rows (Gluon: grow_embedding on the layer,
+  Module: grow_params on get_params()) before anything else reads it, and write the grown
+  table as ``final:grown``.
 """
 import json
 import os
@@ -23,13 +26,14 @@ import masked_opt as mo
 from masked_opt.launch import start_trainer_kvstore
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+GROW = 3
 
 
 def config():
     cfg = {'api': 'module', 'kvstore': 'dist_sync', 'base': 'sgd', 'by': 'name',
            'update_on_kvstore': True, 'sparse': 'dense', 'n_items': 40, 'n_users': 12,
            'dim': 4, 'n_old': 25, 'steps': 3, 'batch': 8, 'mask': 'rows_cols',
-           'extra_key': False, 'tamper_shape': False}
+           'extra_key': False, 'tamper_shape': False, 'grow': False}
     cfg.update(json.loads(sys.argv[1]))
     return cfg
 
@@ -114,6 +118,9 @@ def run_module(cfg, kv):
                 arg_params=arg_params, initializer=mx.init.Zero())
     final = {}
     settle(kv)
+    if cfg['grow']:
+        params, _ = mo.grow_params(mod.get_params()[0], {'book_embedding_weight': GROW})
+        final['grown'] = params['book_embedding_weight'].tostype('default').asnumpy()
     for name in ('member_embedding_weight', 'book_embedding_weight'):
         out = mod._exec_group.param_arrays[mod._exec_group.param_names.index(name)][0]
         if mod._update_on_kvstore:
@@ -169,12 +176,19 @@ def run_gluon(cfg, kv):
     settle(kv)
     final = {}
     params = trainer._params
+    n_rows = {p.name: p.shape[0] for p in params}
+    if cfg['grow']:
+        # Before anything reads the table: the layer holds only its last batch's rows.
+        mo.grow_embedding(net.item, GROW)
+        final['grown'] = net.item.weight._data[0].tostype('default').asnumpy()
     for p in (net.user.weight, net.item.weight):
         if trainer._update_on_kvstore:
             idx = params.index(p)
             if p._stype == 'row_sparse':
-                out = p.row_sparse_data(mx.nd.arange(p.shape[0], dtype='int64'))
-                kv.row_sparse_pull(idx, out=out, row_ids=mx.nd.arange(p.shape[0], dtype='int64'))
+                # The servers' table, pulled into an array of its own.
+                out = mx.nd.sparse.zeros('row_sparse', (n_rows[p.name], cfg['dim']))
+                kv.row_sparse_pull(idx, out=out,
+                                   row_ids=mx.nd.arange(n_rows[p.name], dtype='int64'))
                 final[p.name] = out.tostype('default').asnumpy()
                 continue
             kv.pull(idx, out=p.data())
