@@ -16,6 +16,7 @@ Examples
 True
 """
 import mxnet as mx
+import numpy as np
 
 from .native import LOOKUP_OP as OP
 
@@ -39,6 +40,12 @@ def _check_grads(layer, x):
             "converted lookup. Do not attach_grad() to the ids" % layer.name)
 
 
+def _attrs(layer):
+    """The layer's Embedding attributes, its dtype as a name: MXNet turns ``dtype=np.float32``
+    into ``'float32'`` for its own operators, but passes a library operator ``str(value)``."""
+    return dict(layer._kwargs, dtype=np.dtype(layer._kwargs['dtype']).name)
+
+
 class LookupEmbedding(mx.gluon.nn.Embedding):
     """``nn.Embedding(sparse_grad=True)`` computed by ``masked_opt_lookup``.
 
@@ -53,7 +60,7 @@ class LookupEmbedding(mx.gluon.nn.Embedding):
     def hybrid_forward(self, F, x, weight):
         if isinstance(weight, mx.nd.NDArray) and weight.context.device_type != 'cpu':
             return super().hybrid_forward(F, x, weight)   # CPU-only op: MXNet's on GPUs
-        return getattr(F, OP)(x, weight, name='fwd', **self._kwargs)
+        return getattr(F, OP)(x, weight, name='fwd', **_attrs(self))
 
 
 class LookupSparseEmbedding(mx.gluon.contrib.nn.SparseEmbedding):
@@ -64,4 +71,4 @@ class LookupSparseEmbedding(mx.gluon.contrib.nn.SparseEmbedding):
         weight = self.weight.row_sparse_data(x)
         if weight.context.device_type != 'cpu':
             return super().forward(x)
-        return getattr(mx.nd, OP)(x, weight, name='fwd', **self._kwargs)
+        return getattr(mx.nd, OP)(x, weight, name='fwd', **_attrs(self))

@@ -440,3 +440,48 @@ def test_masked_opt_imports_while_mxnet_is_still_importing():
     proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, env=env, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
     assert proc.returncode == 0 and 'imported' in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize('path', ['native', 'pure'])
+def test_masked_paths_take_the_lookups_gradient(path):
+    """'masked' forced onto its native row_sparse path (which raises where it cannot serve a
+    gradient) and onto the pure one: converted runs equal the unconverted run on each."""
+    out = []
+    for convert in (False, True):
+        mx.random.seed(0)
+        net = Net()
+        net.initialize(mx.init.Uniform(0.5))
+        if convert:
+            mo.convert_embeddings(net)
+        opt = mo.Masked(base='adam', learning_rate=0.01, masks={
+            'net_book_weight': mo.train_rows_from(50) & mo.train_cols([1, 2, 3]),
+            'net_member_weight': mo.train_cols([6, 7])})
+        opt.step_path = path
+        trainer = mx.gluon.Trainer(net.collect_params(), opt)
+        member, book, label = (mx.nd.array(a) for a in ratings(NU, NI, 64, seed=7))
+        for s in range(4):
+            sl = slice(s * B, (s + 1) * B)
+            with mx.autograd.record():
+                loss = ((net(member[sl], book[sl]) - label[sl]) ** 2).sum()
+            loss.backward()
+            trainer.step(B)
+        out.append({k: p.data().asnumpy() for k, p in net.collect_params().items()})
+    for k in out[0]:
+        assert_same_bits(out[0][k], out[1][k], k)
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.dtype('float64'), 'float64'])
+def test_gluon_layer_with_a_numpy_dtype(dtype):
+    """nn.Embedding(dtype=np.float32): MXNet passes a library operator str(np.float32), which
+    names no dtype; the converted layer gives the dtype's name and MXNet's output bits."""
+    ref = mx.gluon.nn.Embedding(NI, D, sparse_grad=True, dtype=dtype)
+    ref.initialize(mx.init.Uniform(0.5))
+    net = mx.gluon.nn.Embedding(NI, D, sparse_grad=True, dtype=dtype)
+    net.initialize()
+    net.weight.set_data(ref.weight.data())
+    mo.convert_embeddings(net)
+    ids = mx.nd.array([3, 1, 3])
+    for hybrid in (False, True):
+        if hybrid:
+            net.hybridize()
+        assert_same_bits(ref(ids), net(ids), 'output')

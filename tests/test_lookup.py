@@ -185,7 +185,7 @@ def test_row_sparse_weight_as_sparse_embedding(case, keep):
 
 BAD_ATTRS = [dict(input_dim=0, output_dim=2), dict(input_dim=-1, output_dim=2),
              dict(input_dim='x', output_dim=2), dict(output_dim=2), dict(input_dim=3),
-             dict(input_dim=3, output_dim=2, dtype='complex64'), dict(input_dim=4, output_dim=2),
+             dict(input_dim=4, output_dim=2),
              dict(input_dim=3, output_dim=3)]
 
 

@@ -10,7 +10,7 @@ order, LARS and LBSGD read the learning rate per call. Here float16 and float32 
 alternate, so a grouping by dtype in front of an optimizer that does not aggregate changes the
 order (the regression: Nadam and SGLD gave other bits without any mask).
 
-Every registered optimizer (the table of ``test_exact_all_optimizers``) runs with no mask at
+Every registered optimizer (the table in ``optim_db``) runs with no mask at
 all, and with masks on some parameters (float16 and float32 ones) beside unmasked ones;
 the unmasked parameters' weights and states must have the bits of the optimizer alone.
 """
@@ -22,7 +22,7 @@ import pytest
 from bits import assert_same_bits, state_arrays
 from exact import params_for
 from mxnet import gluon
-from optim_db import CONFIGS, NO_WD
+from optim_db import CONFIGS, NO_FLOAT64, NO_WD
 
 import masked_opt as mo
 
@@ -116,6 +116,23 @@ def test_no_mask_at_all_mixed_dtypes_is_the_wrapped_optimizer(name, config):
     warnings.simplefilter('ignore', UserWarning)
     params = tuple((n, s, None, d) for n, s, _, d in params_for(name, PARAMS))
     _check_unmasked(params, *_run_both(name, config, params))
+
+
+@pytest.mark.parametrize('name, config', list(_cases(with_masks=False)))
+def test_three_dtypes_no_mask_and_masked_neighbours(name, config):
+    """float64 parameters among the float16 and float32 ones: three dtype groups in MXNet's
+    Updater for an aggregating optimizer, one call order for any other."""
+    warnings.simplefilter('ignore', UserWarning)
+    if name in NO_FLOAT64:
+        pytest.skip('%s cannot train float64 weights even without masked_opt '
+                    '(test_exact_all_optimizers.test_float64_fails_without_masked_opt_too)' % name)
+    params = params_for(name, tuple(
+        (n, s, m, 'float64' if n[0] in 'dg' else d) for n, s, m, d in PARAMS))
+    assert len({p[3] for p in params}) == 3
+    if name not in RANDOM_STREAM:
+        _check_unmasked(params, *_run_both(name, config, params))
+    unmasked = tuple((n, s, None, d) for n, s, _, d in params)
+    _check_unmasked(unmasked, *_run_both(name, config, unmasked))
 
 
 @pytest.mark.parametrize('name, config', list(_cases(with_masks=True)))

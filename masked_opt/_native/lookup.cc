@@ -223,9 +223,9 @@ MXReturnValue lookup_parse(const Attrs& attrs, int* num_in, int* num_out) {
   *num_in = 2;
   *num_out = 1;
   int64_t v, d;
-  int t;
-  return get_dim(attrs, "input_dim", &v) && get_dim(attrs, "output_dim", &d) &&
-         get_dtype(attrs, &t) ? MX_SUCCESS : MX_FAIL;
+  // `dtype` is read only if the weight's dtype is unknown (lookup_type): ignored otherwise.
+  return get_dim(attrs, "input_dim", &v) && get_dim(attrs, "output_dim", &d) ? MX_SUCCESS
+                                                                              : MX_FAIL;
 }
 
 MXReturnValue lookup_type(const Attrs& attrs, std::vector<int>* in, std::vector<int>* out) {
