@@ -9,11 +9,14 @@ import sys
 
 import numpy as np
 import pytest
-from test_data import movielens_lines, write
+from ratings_files import movielens_lines, write
 
 import masked_opt.demo.run as demo_run
 from masked_opt.cli import main
+from masked_opt.demo.data import MIN_RATINGS
+from masked_opt.demo.files import MAX_RATING
 from masked_opt.demo.model import MEMBER
+from masked_opt.demo.report import FEW_RATINGS
 
 TINY = ['--users', '60', '--items', '40', '--new-users', '12', '--new-items', '8',
         '--per-user', '10', '--epochs', '6', '--new-epochs', '12', '--halve-every', '4',
@@ -149,6 +152,56 @@ def test_time_split_report_says_when_item_growth_is_hardly_exercised(capsys, tmp
                      r'the items at random\)', out), out
 
 
+def _constant_file(tmp_path):
+    # Implicit feedback: every rating is 1.
+    lines = [line.split('\t') for line in movielens_lines(n_users=40, n_items=30).splitlines()]
+    return write(tmp_path, ''.join('%s\t%s\t1\t%s\n' % (u, i, t) for u, i, _, t in lines))
+
+
+def test_every_rating_equal_is_reported_not_a_zero_division(capsys, tmp_path):
+    # The ceiling fits a constant file exactly (objective 0): a ZeroDivisionError before.
+    path = _constant_file(tmp_path)
+    code, out, err = run(capsys, *TINY[10:], '--data', path, '--new-items', '0.2')
+    assert code == 0, err
+    assert re.search(r'^  ceiling: ridge fold-in, old rows frozen +0\.0000 ', out, re.M), out
+    assert re.search(r'^gap of masked training to the ceiling: objective n/a, RMSE \+[0-9.]+ .*'
+                     r'\(in every seed the ceiling fits the training ratings exactly, objective '
+                     r'0, as when every rating is equal: no relative gap exists; masked '
+                     r"training's objective is [0-9.e-]+, [0-9.e-]+ above it\)$", out, re.M), out
+    code, r = run_json(capsys, *TINY[10:], '--data', path, '--new-items', '0.2')
+    assert code == 0 and r['summary']['gap.objective_percent']['values'] == [None, None]
+    for seed in r['per_seed']:
+        assert seed['objective']['ceiling'] == 0.0
+        assert seed['gap']['objective'] == seed['objective']['masked'] > 0
+    code, _, err = run(capsys, *TINY[10:], '--data', path, '--mode', 'latent-split')
+    assert code == 0, err
+    pytest.importorskip('matplotlib', reason='matplotlib is in the test extra')
+    png = tmp_path / 'constant.png'
+    code, out, err = run(capsys, *TINY[10:], '--data', path, '--new-items', '0.2', '--plot',
+                         str(png))
+    assert code == 0 and 'plot written to' in out, err
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_figures_on_few_ratings_say_so(capsys, tmp_path):
+    # 29 ratings: one new-pair test rating per seed; the report printed a gap of +2645.69% with
+    # nothing to say how little stands behind it.
+    lines = movielens_lines(n_users=5, n_items=9).splitlines()[:29]
+    path = write(tmp_path, '\n'.join(lines) + '\n')
+    code, out, err = run(capsys, *TINY[10:], '--data', path, '--new-items', '0.2')
+    assert code == 0, err
+    assert re.search(r'^note: these figures rest on few ratings \(seed 0: 1 test rating, \d+ '
+                     r'training ratings? of the masked phase; seed 1: .*; the report flags fewer '
+                     r'than 50\): an RMSE over n test ratings is uncertain by about 1/sqrt\(2n\) '
+                     r'of itself \(71% at n = 1\), .* Use more ratings', out, re.M), out
+    code, r = run_json(capsys, *TINY[10:], '--data', path, '--new-items', '0.2')
+    assert [f['seed'] for f in r['few_ratings']] == [0, 1]
+    assert r['few_ratings'][0]['test'] == r['per_seed'][0]['data']['new_test'] == 1
+    # Enough ratings: no note.
+    code, out, _ = run(capsys, *TINY, '--per-user', '20', '--epochs', '1', '--new-epochs', '1')
+    assert code == 0 and 'note: these figures' not in out, out
+
+
 def test_demo_plot(capsys, tmp_path):
     pytest.importorskip('matplotlib', reason='matplotlib is in the test extra; '
                         'pip install .[test]')
@@ -254,6 +307,12 @@ def test_help_is_plain_text(capsys):
         main(['demo', '--help'])
     out = capsys.readouterr().out
     assert info.value.code == 0 and '--new-items' in out and '--seeds' in out
+    # The limits it states are the code's.
+    flat = ' '.join(out.split())
+    assert 'holds at least %d ratings' % MIN_RATINGS in flat
+    assert 'ratings numbers within +-%s' % ('%g' % MAX_RATING).replace('e+0', 'e') in flat
+    assert 'fewer than %d test ratings, or %d training ratings' % (FEW_RATINGS,
+                                                                   FEW_RATINGS) in flat
     assert '``' not in out and ':func:' not in out and ':mod:' not in out
 
 

@@ -69,6 +69,8 @@ def gap_curve(seed_report):
     """
     best = seed_report['objective']['ceiling']
     values = [seed_report['objective']['init']] + list(seed_report['curves']['masked_objective'])
+    if not best > 0:      # the ceiling fits exactly (every rating equal): no relative gap
+        return np.arange(len(values)), np.full(len(values), np.nan)
     gap = 100.0 * (np.asarray(values, np.float64) - best) / best
     return np.arange(len(values)), np.maximum(gap, FLOOR_PERCENT)
 
@@ -94,10 +96,15 @@ def _gap_panel(ax, report, colours):
     for r, colour in zip(report['per_seed'], colours, strict=True):
         epochs, gap = gap_curve(r)
         kept = r['choices']['masked_epoch']
+        percent = r['gap']['objective_percent']
+        if percent is None:
+            ax.plot([], [], c=colour, label='seed %d: no relative gap (the ceiling fits the '
+                    'training ratings exactly, objective 0)' % r['seed'])
+            continue
         ax.plot(epochs, gap, c=colour, lw=1.2)
-        ax.plot([kept], [max(r['gap']['objective_percent'], FLOOR_PERCENT)], 'o', c=colour,
+        ax.plot([kept], [max(percent, FLOOR_PERCENT)], 'o', c=colour,
                 ms=6, ls='-', lw=1.2, label='seed %d: %+.2f%% at epoch %d, the one kept' % (
-                    r['seed'], r['gap']['objective_percent'], kept))
+                    r['seed'], percent, kept))
     ax.axhline(1.0, c='0.4', ls='--', lw=0.8, label='1% above the ceiling')
     ax.set_yscale('log')
     halve = report['settings'].get('halve_every')

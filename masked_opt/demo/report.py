@@ -13,7 +13,13 @@ import numpy as np
 
 from .data import PAIR_TYPES
 
-__all__ = ['summarize', 'format_report', 'native_line', 'MODEL_LABELS']
+__all__ = ['summarize', 'format_report', 'native_line', 'few_ratings', 'MODEL_LABELS',
+           'FEW_RATINGS']
+
+#: Fewest ratings behind a figure before the text report flags it: the test ratings behind
+#: each RMSE, and the masked phase's training ratings behind its objective. An RMSE over n
+#: ratings has a relative standard error of about ``1 / sqrt(2 n)`` (normal errors): 10% at 50.
+FEW_RATINGS = 50
 
 #: How each model is named in the text report (``rmse`` keys of a per-seed report).
 MODEL_LABELS = {
@@ -69,6 +75,7 @@ def summarize(reports):
             'settings': first['settings'], 'data': first['data'],
             'ok': all(r['ok'] for r in reports),
             'frozen_entries_changed': sum(r['frozen_entries_changed'] for r in reports),
+            'few_ratings': [f for f in map(few_ratings, reports) if f is not None],
             'summary': summary, 'per_seed': reports}
 
 
@@ -171,10 +178,10 @@ def format_report(report):
             label = (MODEL_LABELS if grow else _LATENT_LABELS)[key] + (
                 ' (%s)' % s['init'] if key == 'init' and grow else '')
             lines.append('  %-50s %s' % (label, _ms(m, 'rmse.' + key)))
-    within = sum(v is not None and v <= 1.0 for v in m['gap.objective_percent']['values'])
-    lines.append('gap of masked training to the ceiling: objective %s%% (within 1%% in %d of %d '
-                 'seeds), RMSE %s' % (_ms(m, 'gap.objective_percent', 2, True), within,
-                                      len(seeds), _ms(m, 'gap.rmse', 4, True)))
+    lines.append('gap of masked training to the ceiling: %s' % _gap_text(report))
+    few = report.get('few_ratings')
+    if few:
+        lines.append(_few_ratings_note(few))
     if grow:
         lines += _grow_details(report)
     else:
@@ -191,6 +198,68 @@ def format_report(report):
                      _ms(t, 'seconds.full_retrain', 1), _ms(t, 'seconds.total', 1))
                  + '; whole run %.0f s' % sum(v for v in t['seconds.total']['values'] if v))
     return lines
+
+
+def _gap_text(report):
+    """The gap line after its label; seeds whose ceiling fits exactly have no percent."""
+    m, seeds = report['summary'], report['seeds']
+    percent = m['gap.objective_percent']['values']
+    within = sum(v is not None and v <= 1.0 for v in percent)
+    exact = [(seed, r['gap'].get('objective')) for seed, r, v in
+             zip(seeds, report['per_seed'], percent, strict=True) if v is None]
+    if len(exact) == len(seeds):
+        text = 'objective n/a'
+    else:
+        text = 'objective %s%% (within 1%% in %d of %d seeds%s)' % (
+            _ms(m, 'gap.objective_percent', 2, True), within, len(seeds),
+            '; n/a in seed%s %s' % ('' if len(exact) == 1 else 's',
+                                    ', '.join(str(seed) for seed, _ in exact)) if exact else '')
+    text += ', RMSE %s' % _ms(m, 'gap.rmse', 4, True)
+    if exact:
+        text += (' (%s the ceiling fits the training ratings exactly, objective 0, as when every '
+                 'rating is equal: no relative gap exists; masked training\'s objective is %s '
+                 'above it)' % ('in every seed' if len(exact) == len(seeds) else
+                                'in seed%s %s' % ('' if len(exact) == 1 else 's',
+                                                  ', '.join(str(seed) for seed, _ in exact)),
+                                ', '.join('n/a' if d is None else '%.3g' % d for _, d in exact)))
+    return text
+
+
+def few_ratings(per_seed):
+    """The counts behind a per-seed report's figures, when one is below :data:`FEW_RATINGS`.
+
+    ``test``: the test ratings behind every RMSE; ``fit``: the training ratings of the masked
+    phase behind its objective and the gap. Returns ``{'seed', 'test', 'fit'}``, or None when
+    both are ample (or the report does not hold them).
+
+    Examples
+    --------
+    >>> from masked_opt.demo.report import few_ratings
+    >>> few_ratings({'mode': 'grow', 'seed': 0, 'data': {'new_test': 1},
+    ...              'carved': {'new_fit': 2}})
+    {'seed': 0, 'test': 1, 'fit': 2}
+    """
+    d, carved = per_seed.get('data', {}), per_seed.get('carved', {})
+    if per_seed['mode'] == 'grow':
+        test, fit = d.get('new_test'), carved.get('new_fit')
+    else:
+        test, fit = d.get('old_test', 0) + d.get('new_test', 0), carved.get('fit')
+    if test is None or fit is None or min(test, fit) >= FEW_RATINGS:   # counts unknown or ample
+        return None
+    return {'seed': per_seed['seed'], 'test': test, 'fit': fit}
+
+
+def _few_ratings_note(few):
+    counts = '; '.join('seed %d: %d test rating%s, %d training rating%s of the masked phase'
+                       % (f['seed'], f['test'], '' if f['test'] == 1 else 's', f['fit'],
+                          '' if f['fit'] == 1 else 's') for f in few)
+    n = min(f['test'] for f in few)
+    return ('note: these figures rest on few ratings (%s; the report flags fewer than %d): an '
+            'RMSE over n test ratings is uncertain by about 1/sqrt(2n) of itself (%.0f%% at n = '
+            '%d), and a ceiling fitted to a handful of training ratings is nearly exact, so the '
+            'objective gap can take any size. Use more ratings (a larger --data file, or more '
+            '--users and --per-user)' % (counts, FEW_RATINGS, 100 / math.sqrt(2 * max(n, 1)),
+                                          max(n, 1)))
 
 
 def _grow_details(report):

@@ -33,7 +33,8 @@ from .data import PAIR_TYPES, Ratings, pair_types, validation_split
 from .model import BOOK, MEMBER, DemoError, fit, rmse
 from .progress import Progress
 
-__all__ = ['run_demo', 'planned_batches', 'frozen_changed', 'RETRAIN_WDS', 'DEMO_DEFAULTS']
+__all__ = ['run_demo', 'planned_batches', 'frozen_changed', 'gap', 'RETRAIN_WDS',
+           'DEMO_DEFAULTS']
 
 #: ``wd`` values tried for the old model and the full retrain (epochs chosen alongside).
 RETRAIN_WDS = (0.0, 1e-4, 1e-3)
@@ -60,6 +61,31 @@ def frozen_changed(before, after):
         return int(before.size)
     view = {2: np.uint16, 4: np.uint32, 8: np.uint64}[before.dtype.itemsize]
     return int(np.count_nonzero(before.view(view) != after.view(view)))
+
+
+def gap(objective, rmse_of):
+    """Masked training vs the ceiling: objective in percent of the ceiling's, and RMSE.
+
+    ``objective_percent`` is ``100 * (masked - ceiling) / ceiling``. A ceiling whose objective
+    is 0 fits the training ratings exactly (every rating equal, say): no relative gap exists,
+    so the percent is None (0.0 when masked training is exact too), and ``objective``, the
+    absolute difference, is the figure to read.
+
+    Examples
+    --------
+    >>> from masked_opt.demo.run import gap
+    >>> gap({'masked': 1.5, 'ceiling': 1.0}, {'masked': 0.9, 'ceiling': 0.8})['objective_percent']
+    50.0
+    >>> gap({'masked': 2e-6, 'ceiling': 0.0}, {'masked': 1e-4, 'ceiling': 0.0})['objective_percent']
+    """
+    diff = objective['masked'] - objective['ceiling']
+    if objective['ceiling'] > 0:
+        percent = 100.0 * diff / objective['ceiling']
+    else:
+        percent = 0.0 if diff == 0 else None
+    masked, ceiling = rmse_of['masked'], rmse_of['ceiling']
+    return {'objective_percent': percent, 'objective': diff,
+            'rmse': None if masked is None or ceiling is None else masked - ceiling}
 
 
 def _rows_changed(before, after):
@@ -272,8 +298,7 @@ def _grow_report(split, s, common):
         'rmse': rm,
         'rmse_old_pairs': {'before': before_old, 'after': after_old,
                            'full_retrain': rmse(full, split.old_test)},
-        'gap': {'objective_percent': 100.0 * (obj['masked'] - obj['ceiling']) / obj['ceiling'],
-                'rmse': rm['masked'] - rm['ceiling']},
+        'gap': gap(obj, rm),
         'objective': obj,
         'choices': {'lambda': lam, 'lambda_validation_rmse': {str(k): v for k, v in
                                                               lam_scores.items()},
@@ -379,8 +404,7 @@ def _latent_report(split, s, common):
         'frozen_entries_changed': frozen,
         'frozen_entries': sum(v.size for v in small.values()),
         'rmse': rm,
-        'gap': {'objective_percent': 100.0 * (obj['masked'] - obj['ceiling']) / obj['ceiling'],
-                'rmse': rm['masked'] - rm['ceiling']},
+        'gap': gap(obj, rm),
         'objective': obj,
         'choices': {'lambda': lam, 'masked_wd': wd, 'masked_epoch': after_run.epoch,
                     'ceiling_sweeps': cinfo['sweeps'], 'ceiling_start': cinfo['start'],
