@@ -18,7 +18,6 @@ from bits import assert_same_bits, state_arrays
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from models import forum_mf, mf_iter, ratings
-from test_native_ops import lib  # noqa: F401  (a fixture)
 
 import masked_opt as mo
 from masked_opt import inplace_check, native
