@@ -4,7 +4,7 @@ Parts (``--only`` picks some): ``step`` (the optimizer step alone), ``throughput
 forum's model, every method side by side, and peak RSS per method), ``state`` (Adam state
 bytes), ``scale`` (10M rows against 100k, MXNet's sparse Embedding against the converted
 lookup). Markdown tables go to stdout (and ``--out``),
-progress to stderr. The full run takes ~8 minutes on 2 cores; ``--quick`` runs tiny
+progress to stderr. The full run takes ~10 minutes on 2 cores; ``--quick`` runs tiny
 sizes in well under a minute to check that everything works (its numbers mean nothing).
 """
 import argparse

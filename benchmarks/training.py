@@ -24,6 +24,10 @@ METHODS = {
     'plain_sparse': ('forum', True, 'plain unmasked, sparse grad'),
     'rows_sparse': ('forum', True, 'masked new rows (1%), sparse grad'),
     'cols_sparse': ('forum', True, 'masked latent split (1/8 cols), sparse grad'),
+    # The two masked dense methods again on the pure dense block path (masked_opt's own
+    # in-place strategy off): what the dense paths ran before it, side by side with them.
+    'cols_pure': ('forum', False, 'masked latent split, dense grad, pure dense path'),
+    'rows_pure': ('forum', False, 'masked new rows, dense grad, pure dense path'),
     'split': ('split', False, '(A) split embedding, dense grad'),
     'split_sparse': ('split', True, '(A) split embedding, sparse grad'),
     'onehot': ('onehot', False, '(B) one_hot + FullyConnected'),
@@ -137,6 +141,8 @@ def build(methods, opt, n, dim, batch=1024, n_batches=8, seed=0):
         else:
             mod.init_optimizer(kvstore='local', optimizer='masked',
                                optimizer_params=dict(params, base=opt, masks=masks))
+            if method.endswith('_pure'):
+                mod._optimizer.step_path = 'pure'
     return {method: _stepper(mod, data) for method, mod in mods.items()}
 
 

@@ -212,24 +212,35 @@ def _split_maker(args):
 
 
 def native_info():
-    """What ``masked-opt info`` prints: versions and which sparse update path runs.
+    """What ``masked-opt info`` prints: versions and which update paths run.
+
+    The native operators (row_sparse gradients), and the in-place column update for dense
+    gradients with the result of its self-check against MXNet's kernels
+    (:mod:`masked_opt.inplace_check`, run here if it has not run).
 
     Examples
     --------
     >>> from masked_opt.cli import native_info
-    >>> 'native sparse operators:' in native_info()
+    >>> text = native_info()
+    >>> 'native sparse operators:' in text and 'in-place dense update:' in text
     True
     """
     import mxnet as mx
 
-    from . import __version__, native
+    from . import __version__, inplace_check, native
     st = native.status()
     if st.loaded:
         path = 'loaded from %s (contiguous 0/1 blocks with SGD/Adam on CPU run natively)' % st.path
     else:
         path = 'not used, the pure MXNet path runs (same bits, slower): %s' % st.reason
-    return 'masked_opt %s, mxnet %s\nnative sparse operators: %s' % (__version__,
-                                                                    mx.__version__, path)
+    ip = inplace_check.status()
+    if ip.usable:
+        inplace = ('used (SGD/Adam, one range of rows and columns, CPU): matched MXNet %s\'s '
+                   'kernels bit for bit on %d cases' % (mx.__version__, ip.cases))
+    else:
+        inplace = 'off, the pure dense path runs (same bits, slower): %s' % ip.reason
+    return 'masked_opt %s, mxnet %s\nnative sparse operators: %s\nin-place dense update: %s' % (
+        __version__, mx.__version__, path, inplace)
 
 
 def main(argv=None):

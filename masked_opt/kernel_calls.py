@@ -13,7 +13,8 @@ SGD with dense arrays (``SGD._update_impl``): every weight and gradient of the c
 ``multi_sgd_update`` / ``multi_sgd_mom_update`` (``lrs``/``wds`` as list elements), else
 ``sgd_update`` / ``sgd_mom_update`` per weight; the ``mp_`` forms when the call goes through
 ``update_multi_precision``, ``multi_precision`` is set and the call's *first* weight is
-float16. Momentum when ``momentum > 0``; ``clip_gradient`` only when it is truthy.
+float16 (MXNet's ``Updater`` groups a call's weights by dtype, so that is the weight's own
+dtype). Momentum when ``momentum > 0``; ``clip_gradient`` only when it is truthy.
 
 Adam (``Adam.update``): ``adam_update`` with ``lr * sqrt(1 - beta2**t) / (1 - beta1**t)``;
 with ``multi_precision`` and a float16 weight, ``Optimizer.update_multi_precision`` runs it on
@@ -23,8 +24,7 @@ the float32 master copy with the gradient cast to float32 and casts the result i
 >>> import mxnet as mx, numpy as np
 >>> sgd = mx.optimizer.SGD(learning_rate=0.1, momentum=0.9, wd=1e-4)
 >>> sgd._update_count(0)
->>> call = dense_kernel_call(sgd, 0, np.float32, multi_precision=False,
-...                          first_dtype=np.float32, aggregate=True)
+>>> call = dense_kernel_call(sgd, 0, np.float32, multi_precision=False, aggregate=True)
 >>> call.kernel, call.attrs['lr'], call.attrs['momentum']
 ('multi_sgd_mom', '0.1', '0.9')
 """
@@ -97,7 +97,7 @@ def served(base, state, dtype, multi_precision):
     return None
 
 
-def dense_kernel_call(base, index, dtype, *, multi_precision, first_dtype, aggregate):
+def dense_kernel_call(base, index, dtype, *, multi_precision, aggregate):
     """The kernel ``base`` ran on parameter ``index`` (dense, ``dtype``) in the call just made.
 
     Parameters
@@ -107,11 +107,10 @@ def dense_kernel_call(base, index, dtype, *, multi_precision, first_dtype, aggre
     index : int or str
         The parameter's index.
     dtype : numpy dtype
-        The parameter's dtype.
+        The parameter's dtype (SGD decides multi-precision on a call's first weight; MXNet's
+        ``Updater`` makes calls of one dtype).
     multi_precision : bool
         Whether the call went through ``update_multi_precision``.
-    first_dtype : numpy dtype
-        dtype of the call's first weight (SGD decides multi-precision on it for a whole call).
     aggregate : bool
         Whether every weight and gradient of the call was dense (SGD's multi-tensor kernels).
 
@@ -119,10 +118,9 @@ def dense_kernel_call(base, index, dtype, *, multi_precision, first_dtype, aggre
     -------
     KernelCall
     """
+    mp = bool(multi_precision and base.multi_precision and np.dtype(dtype) == np.float16)
     if type(base) is mx_opt.Adam:
-        return _adam_call(base, index, multi_precision and base.multi_precision
-                          and np.dtype(dtype) == np.float16)
-    mp = bool(multi_precision and base.multi_precision and np.dtype(first_dtype) == np.float16)
+        return _adam_call(base, index, mp)
     # As SGD._update_impl: one lr / wd per index, the schedule asked at the current num_update.
     lr = base._get_lrs([index])[0]
     wd = base._get_wds([index])[0]

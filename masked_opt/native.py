@@ -12,6 +12,10 @@ on the host:
 * ``mx.nd.masked_opt_scatter_rows(weight, block, gblock, c0=, out=weight)``: writes
   ``block[r]`` into ``weight[r, c0:c0+k]`` for every row id ``r`` of ``gblock``, in place;
 
+each checks what it is given (shapes, dtypes, ranges at the call; row ids, which must be
+sorted, unique and in range, on the engine, before it writes: see :mod:`masked_opt.row_ids`)
+and takes an optional ``param=`` string, the parameter's name for its error messages;
+
 one for dense gradients (``masked_opt/_native/dense_cols.cc``):
 
 * ``mx.nd.masked_opt_dense_cols(weight, grad, *states, kernel=, lo=, hi=, c0=, c1=, ...,

@@ -334,7 +334,7 @@ class Masked(ForwardsToBase, mx_opt.Optimizer):
             else:
                 inner(steps[0].index, steps[0].weight, steps[0].grad, steps[0].state)
             for st in steps:
-                st.finish()
+                st.finish(steps)
 
     def _check_state(self, plan, index, weight, state):
         """True when ``state`` was made for the whole weight; raise if the mask cannot cut it.
@@ -360,7 +360,8 @@ class Masked(ForwardsToBase, mx_opt.Optimizer):
         if stand_ins is None:
             stand_ins = self._stand_ins = StandIns()
         step = choose(plan, index, weight, grad, self.base, full_state=full_state,
-                      multi_precision=multi_precision, stand_ins=stand_ins, path=self.step_path)
+                      multi_precision=multi_precision, stand_ins=stand_ins, path=self.step_path,
+                      state=state)
         return functools.partial(step.prepare, index, weight, grad, state, base=self.base,
                                  full_state=full_state, multi_precision=multi_precision)
 

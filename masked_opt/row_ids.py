@@ -9,14 +9,16 @@ gradient on both of its row_sparse paths, before its weight or state is written:
 
 pure path (:class:`~masked_opt.update.SparseStep`)
     reads the ids on the host anyway; :func:`check_row_ids` raises ``ValueError`` at the
-    update call, naming the parameter.
+    update call, naming the parameter. Every parameter's strategy is chosen, and so every
+    gradient checked, before any parameter of the step is written.
 native path (``masked_opt/_native/ops.cc``)
     never reads the ids on the host (that wait is what it saves). The operator that reads
     them on MXNet's engine checks them and fails before it writes; MXNet then skips every
     operation queued behind it (the optimizer's kernel, the write-back) and raises the
     operator's message, which names the parameter, as ``MXNetError`` at the next read of the
     weight, its state or anything computed from them (``asnumpy``, ``wait_to_read``,
-    ``waitall``, the next batch's loss). The weight and state keep their bits either way.
+    ``waitall``, the next batch's loss). The other parameters of the step are updated.
+    The weight and state of the parameter keep their bits either way.
 
 Refusing, not normalising: a repeated id has no single meaning (MXNet's kernels sum, take the
 first or the last, depending on the operator), and sorting on the native path would cost a

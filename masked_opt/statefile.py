@@ -182,29 +182,30 @@ def load_states(trainer_or_module, path):
     unused = sorted(set(arrays) - {'manifest'} - _used(manifest['states']))
     if unused:
         raise ValueError('%s holds arrays %s that no state uses. %s' % (path, unused, _HINT))
-    _write(target, attrs, states, layouts)
+    try:
+        _write(target, attrs, states, layouts)
+    except (ValueError, TypeError) as err:   # the matching of states to weights and masks
+        raise type(err)('%s: %s' % (path, err)) from None
     return target.optimizer
 
 
 def _read_npz(path):
-    with open(path, 'rb') as f:
-        head = f.read(4)
-    if head[:1] == b'\x80':
-        raise ValueError('%s is a pickle (what MXNet\'s Trainer.save_states and '
-                         'Module.save_optimizer_states write), not a state file of '
-                         'masked_opt.save_states; it was not opened. Load it with MXNet '
-                         '(trainer.load_states) only if you trust it.' % path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError('a single array')
-            return {k: data[k] for k in data.files}
-    except OSError:
-        raise
-    except Exception as err:  # untrusted bytes: zipfile, zlib, numpy's format reader
-        raise ValueError('%s is not a state file of masked_opt.save_states: it cannot be read '
-                         'as an .npz of plain arrays (%s: %s). %s'
-                         % (path, type(err).__name__, err, _HINT)) from None
+    with open(path, 'rb') as f:   # OSError here: the file cannot be opened at all
+        if f.read(1) == b'\x80':
+            raise ValueError('%s is a pickle (what MXNet\'s Trainer.save_states and '
+                             'Module.save_optimizer_states write), not a state file of '
+                             'masked_opt.save_states; it was not opened. Load it with MXNet '
+                             '(trainer.load_states) only if you trust it.' % path)
+        f.seek(0)
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ValueError('a single array')
+                return {k: data[k] for k in data.files}
+        except Exception as err:  # untrusted bytes: zipfile, zlib, numpy's reader, seeks
+            raise ValueError('%s is not a state file of masked_opt.save_states: it cannot be '
+                             'read as an .npz of plain arrays (%s: %s). %s'
+                             % (path, type(err).__name__, err, _HINT)) from None
 
 
 def _read_manifest(path, arrays):
@@ -308,9 +309,11 @@ def _tree_from_plain(node, arrays, where, depth):
                             % (where, value, array.dtype.str, array.shape,
                                ', '.join(d.name for d in _DTYPES), _HINT))
         return array
-    raise ValueError('%s: %s names no array of the file, or its kind %r is not one of '
-                     "'array', 'tuple', 'list'. %s"
-                     % (where, _plain.json_repr(node), kind, _HINT))
+    if kind == 'array' and isinstance(value, str):
+        raise ValueError('%s: names array %r, which the file does not hold (it holds %s). %s'
+                         % (where, value, _plain.json_repr(sorted(arrays)), _HINT))
+    raise TypeError('%s: expected {"array": name}, {"tuple": [...]} or {"list": [...]}, '
+                    'received %s. %s' % (where, _plain.json_repr(node), _HINT))
 
 
 def _layout(plain, arrays, name, where):

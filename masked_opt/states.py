@@ -35,15 +35,13 @@ MXNet's in four places:
 """
 import pickle
 
-import numpy as np
 from mxnet import optimizer as mx_opt
 from mxnet.base import py_str
-from mxnet.ndarray import NDArray
-from mxnet.ndarray import array as nd_array
 from mxnet.optimizer.optimizer import _as_classic
 from mxnet.util import is_np_array
 
 from . import server as _server
+from ._layouts import Layout, is_whole, remap
 from ._mxnet_workarounds import held_optimizers
 from .wrappers import find_masked
 
@@ -51,71 +49,6 @@ __all__ = ['MaskedUpdater', 'LAYOUTS_KEY', 'updater_for']
 
 #: Key of the layouts in a pickled states dict (never a parameter index or name).
 LAYOUTS_KEY = 'masked_opt:layouts'
-
-
-class _Layout:
-    """Which rows and columns of a weight of ``shape`` a state covers (None: all of them)."""
-
-    __slots__ = ('name', 'shape', 'rows', 'cols')
-
-    def __init__(self, name, shape, rows, cols):
-        self.name, self.shape = name, tuple(int(s) for s in shape)
-        self.rows = None if rows is None else np.asarray(rows, np.int64)
-        self.cols = None if cols is None else np.asarray(cols, np.int64)
-
-    @property
-    def full(self):
-        return self.rows is None and self.cols is None
-
-    def n_rows(self):
-        return self.shape[0] if self.rows is None else self.rows.size
-
-    def row_ids(self):
-        return np.arange(self.shape[0]) if self.rows is None else self.rows
-
-    def col_ids(self):
-        return np.arange(self.shape[1]) if self.cols is None else self.cols
-
-    def block_shape(self):
-        if len(self.shape) < 2:
-            return (self.n_rows(),)
-        return (self.n_rows(), self.col_ids().size) + self.shape[2:]
-
-    def __eq__(self, other):
-        return (isinstance(other, _Layout) and self.shape == other.shape
-                and _same_ids(self.rows, other.rows) and _same_ids(self.cols, other.cols))
-
-    def to_plain(self):
-        """Plain Python types only: a state file must unpickle without masked_opt."""
-        return {'name': self.name, 'shape': self.shape,
-                'rows': _bitmap(self.rows, self.shape[0]),
-                'cols': None if len(self.shape) < 2 else _bitmap(self.cols, self.shape[1])}
-
-    @classmethod
-    def from_plain(cls, plain):
-        shape = tuple(plain['shape'])
-        return cls(plain.get('name'), shape, _unbitmap(plain.get('rows'), shape[0]),
-                   None if len(shape) < 2 else _unbitmap(plain.get('cols'), shape[1]))
-
-
-def _same_ids(a, b):
-    if a is None or b is None:
-        return a is None and b is None
-    return np.array_equal(a, b)
-
-
-def _bitmap(ids, n):
-    if ids is None:
-        return None
-    bits = np.zeros(n, bool)
-    bits[ids] = True
-    return np.packbits(bits).tobytes()
-
-
-def _unbitmap(data, n):
-    if data is None:
-        return None
-    return np.flatnonzero(np.unpackbits(np.frombuffer(data, np.uint8), count=n))
 
 
 def _name_of(opt, index):
@@ -127,10 +60,10 @@ def _layout_of(opt, index, weight):
     plan = opt.plan_for(index, weight)  # cached: built when the state was created
     name = _name_of(opt, index)
     if plan is None:
-        return _Layout(name, weight.shape, None, None)
+        return Layout(name, weight.shape, None, None)
     if plan.empty:
         return None
-    return _Layout(name, weight.shape, None if plan.all_rows else plan.row_ids,
+    return Layout(name, weight.shape, None if plan.all_rows else plan.row_ids,
                    None if plan.all_cols or plan.col_ids is None else plan.col_ids)
 
 
@@ -162,8 +95,8 @@ class MaskedUpdater(mx_opt.Updater):
     def __init__(self, optimizer):
         super().__init__(optimizer)
         self._masked_of = (None, None)   # (self.optimizer, the Masked it is or wraps)
-        self.layouts = {}    # index -> _Layout of self.states[index] (None: no state needed)
-        self._pending = {}   # index -> _Layout or None: loaded, not yet matched to a weight
+        self.layouts = {}    # index -> Layout of self.states[index] (None: no state needed)
+        self._pending = {}   # index -> Layout or None: loaded, not yet matched to a weight
 
     def _masked(self):
         """The Masked optimizer this updater's optimizer is or wraps (None when neither).
@@ -217,8 +150,8 @@ class MaskedUpdater(mx_opt.Updater):
         layout = self._pending.get(index, self.layouts.get(index))
         if layout is None:
             return None
-        if not layout.full and _is_whole(self.states.get(index), layout.shape):
-            layout = _Layout(layout.name, layout.shape, None, None)   # a warm state, kept whole
+        if not layout.full and is_whole(self.states.get(index), layout.shape):
+            layout = Layout(layout.name, layout.shape, None, None)   # a warm state, kept whole
         return layout.row_ids(), None if len(layout.shape) < 2 else layout.col_ids()
 
     def set_states(self, states):
@@ -250,7 +183,7 @@ class MaskedUpdater(mx_opt.Updater):
         before anything is changed.
         """
         loaded, file_opt = dict(states), optimizer
-        layouts = {i: _Layout.from_plain(p) for i, p in (layouts or {}).items() if i in loaded}
+        layouts = {i: Layout.from_plain(p) for i, p in (layouts or {}).items() if i in loaded}
         opt = self._masked()
         if opt is None:   # not ours any more: MXNet's semantics
             self.states, self.optimizer = loaded, (file_opt or self.optimizer)
@@ -337,7 +270,7 @@ class MaskedUpdater(mx_opt.Updater):
             fresh = opt.create_state_multi_precision(index, weight)
             now = _layout_of(opt, index, weight)
             name = _name_of(opt, index)
-            out[index] = (_remap(name, states[index], pending[index], fresh, now, weight.shape),
+            out[index] = (remap(name, states[index], pending[index], fresh, now, weight.shape),
                           now)
         return out
 
@@ -398,116 +331,6 @@ def _known_weights(opt, pending):
         except Exception:  # pylint: disable=broad-except  # deferred init: match at the update
             continue
     return out
-
-
-# ---- matching one loaded state to the current mask ----
-
-def _arrays(state):
-    if isinstance(state, NDArray):
-        return [state]
-    if isinstance(state, (list, tuple)):
-        return [a for s in state for a in _arrays(s)]
-    return []
-
-
-def _same_structure(a, b):
-    if isinstance(a, NDArray) or isinstance(b, NDArray):
-        return isinstance(a, NDArray) and isinstance(b, NDArray)
-    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
-        return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
-                and all(_same_structure(x, y) for x, y in zip(a, b, strict=True)))
-    return (a is None) == (b is None)
-
-
-def _is_whole(state, shape):
-    """A state made for the whole weight: weight-shaped arrays, or one entry per row."""
-    arrays = _arrays(state)
-    return bool(arrays) and all(
-        a.shape == tuple(shape) or (len(shape) > 1 and a.shape[0] == shape[0] and a.ndim == 2
-                                    and a.shape[1] == 1)
-        for a in arrays)
-
-
-def _remap(name, loaded, saved, fresh, now, shape):
-    """The state for the current mask, from ``loaded`` (saved under layout ``saved``)."""
-    if fresh is None:        # fully frozen now: no state at all
-        return None
-    if loaded is None or not _arrays(loaded):
-        return fresh         # nothing was saved for it (frozen then, or a stateless optimizer)
-    if not _same_structure(loaded, fresh):
-        raise ValueError('parameter %r: the loaded optimizer state does not have the structure '
-                         'the wrapped optimizer makes (%s); was it saved with another optimizer '
-                         'or multi_precision setting? Load states saved with the same base '
-                         'optimizer, or do not load optimizer states.'
-                         % (name, _structure_of(fresh)))
-    if saved is not None and saved.shape != tuple(shape):
-        raise ValueError('parameter %r: the loaded optimizer state was saved for a weight of '
-                         'shape %s; this weight has shape %s. Optimizer states cannot follow a '
-                         'change of shape: do not load them after growing a table.'
-                         % (name, saved.shape, tuple(shape)))
-    if saved is None or saved.full:
-        if _is_whole(loaded, shape):
-            # Made for the whole weight (an unmasked run): kept whole, updated through the block.
-            return loaded
-        if saved is None:
-            if _shapes(loaded) == _shapes(fresh):
-                return loaded   # no layout recorded: taken to be this mask's block
-            raise ValueError(
-                'parameter %r: the loaded optimizer state has shapes %s, which fit neither this '
-                "mask's block %s nor the whole weight %s. It was saved under another mask by "
-                'an updater that did not record which rows and columns it covers. Load it '
-                'under the mask it was saved with, or do not load optimizer states.'
-                % (name, _shapes(loaded), _shapes(fresh), tuple(shape)))
-    if saved == now and _shapes(loaded) == _shapes(fresh):
-        return loaded           # the same block: kept as it is, bit for bit
-    return _zip_remap(name, loaded, fresh, saved, now)
-
-
-def _zip_remap(name, loaded, fresh, saved, now):
-    if isinstance(fresh, NDArray):
-        return _remap_array(name, loaded, fresh, saved, now)
-    if isinstance(fresh, (list, tuple)):
-        return type(fresh)(_zip_remap(name, a, f, saved, now) for a, f in
-                           zip(loaded, fresh, strict=True))
-    return fresh
-
-
-def _remap_array(name, a, f, saved, now):
-    """Entries trainable under both layouts copied from ``a`` into a copy of ``f``."""
-    if a.dtype != f.dtype:
-        raise ValueError('parameter %r: a loaded state array has dtype %s, the wrapped optimizer '
-                         'makes %s' % (name, np.dtype(a.dtype), np.dtype(f.dtype)))
-    rows, pa, pb = np.intersect1d(saved.row_ids(), now.row_ids(), assume_unique=True,
-                                  return_indices=True)
-    out = f.asnumpy()
-    src = a.asnumpy()
-    if a.shape == saved.block_shape() and f.shape == now.block_shape() and len(saved.shape) > 1:
-        _, ca, cb = np.intersect1d(saved.col_ids(), now.col_ids(), assume_unique=True,
-                                   return_indices=True)
-        if rows.size and ca.size:
-            out[np.ix_(pb, cb)] = src[np.ix_(pa, ca)]
-    elif (a.shape[:1] == (saved.n_rows(),) and f.shape[:1] == (now.n_rows(),)
-          and a.shape[1:] == f.shape[1:]
-          and (len(saved.shape) < 2 or np.array_equal(saved.col_ids(), now.col_ids()))):
-        out[pb] = src[pa]     # one entry per row (or a 1-D weight): rows only
-    else:
-        raise ValueError('parameter %r: a loaded state array of shape %s does not fit the block '
-                         '%s it was saved for, so it cannot be moved to the current mask'
-                         % (name, a.shape, saved.block_shape()))
-    return nd_array(out, ctx=f.context, dtype=f.dtype)
-
-
-def _shapes(state):
-    return [a.shape for a in _arrays(state)]
-
-
-def _structure_of(state):
-    if isinstance(state, NDArray):
-        return 'array %s' % (state.shape,)
-    if isinstance(state, (list, tuple)):
-        return '%s of %d: [%s]' % (type(state).__name__, len(state),
-                                   ', '.join(_structure_of(s) for s in state))
-    return repr(state)
 
 
 def updater_for(optimizer):

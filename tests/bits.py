@@ -47,3 +47,16 @@ def rsp(ids, values, shape, dtype):
     ids = np.asarray(ids, dtype=np.int64)
     return mx.nd.sparse.row_sparse_array((np.asarray(values, dtype=dtype), ids), shape=shape,
                                          dtype=dtype)
+
+
+def random_bits(seed, shape, dtype):
+    """An array of `shape` with random bit patterns of `dtype`, and NaN, +-Inf, -0.0 sprinkled."""
+    rng = np.random.default_rng(seed)
+    dtype = np.dtype(dtype)
+    uint = as_bits(np.zeros(1, dtype)).dtype
+    a = rng.integers(0, np.iinfo(uint).max, size=shape, dtype=uint, endpoint=True).view(dtype)
+    flat = a.reshape(-1)
+    if flat.size:
+        where = rng.choice(flat.size, size=min(4, flat.size), replace=False)
+        flat[where] = np.array([np.nan, np.inf, -np.inf, -0.0], dtype)[:where.size]
+    return a

@@ -15,6 +15,18 @@ settings.register_profile('dev', max_examples=400, deadline=None,
 settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
 
+@pytest.fixture(scope='module')
+def lib():
+    """Skip (or, with MASKED_OPT_REQUIRE_NATIVE=1, fail) when the native ops are unavailable."""
+    from masked_opt import native
+    if not native.available():
+        reason = native.status().reason
+        if os.environ.get('MASKED_OPT_REQUIRE_NATIVE') == '1':
+            pytest.fail('MASKED_OPT_REQUIRE_NATIVE=1 but the native library is not available: '
+                        + str(reason))
+        pytest.skip('native library not available: %s' % reason)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same MXNet and numpy random state."""

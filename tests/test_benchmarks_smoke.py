@@ -49,15 +49,17 @@ def test_pair_with_several_builds_prints_each_builds_time_and_a_profile():
     method), and per method the operators its step spends its time in."""
     env = dict(os.environ, OMP_NUM_THREADS='1')
     out = subprocess.run([sys.executable, '-m', 'benchmarks.pair', 'sgd', '200', '8', 'plain',
-                          'rows', '--builds', '2', '--rounds', '1', '--min-seconds', '0',
+                          'rows_pure', '--builds', '2', '--rounds', '1', '--min-seconds', '0',
                           '--profile', '2'],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.strip()]
-    assert lines[-4].startswith('sgd 200 x 8: plain x1.000, rows x'), lines
+    assert lines[-4].startswith('sgd 200 x 8: plain x1.000, rows_pure x'), lines
     times = lines[-3].split(':', 1)[1].split(';')
-    assert [t.split()[0] for t in times] == ['plain', 'rows']
+    assert [t.split()[0] for t in times] == ['plain', 'rows_pure']
     assert all(len(t.split()) == 3 for t in times), times   # the name and two builds
     assert lines[-2].startswith('  plain, ms/step by operator: ') and 'sgd_mom_update' in lines[-2]
-    # The masked method's book table updates a block cut with slice and written back.
-    assert lines[-1].startswith('  rows, ms/step by operator: ') and 'slice' in lines[-1], lines
+    # The masked method's book table, on the pure dense path, updates a block cut with slice
+    # and written back.
+    assert lines[-1].startswith('  rows_pure, ms/step by operator: ') and 'slice' in lines[-1], \
+        lines

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from test_data import movielens_lines, write
+from ratings_files import movielens_lines, write
 
 import masked_opt.demo.run as demo_run
 from masked_opt.cli import main

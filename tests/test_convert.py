@@ -485,3 +485,13 @@ def test_gluon_layer_with_a_numpy_dtype(dtype):
         if hybrid:
             net.hybridize()
         assert_same_bits(ref(ids), net(ids), 'output')
+
+
+def test_symbol_weight_computed_by_an_op_is_left(caplog):
+    """A weight that is no variable cannot carry __shape__ (which the library op needs)."""
+    w = mx.sym.Variable('w') * 2
+    sym = mx.sym.Embedding(mx.sym.Variable('ids'), w, input_dim=NI, output_dim=D,
+                           sparse_grad=True, name='e')
+    with caplog.at_level(logging.INFO, logger='masked_opt'):
+        assert mo.convert_embeddings(sym) is sym
+    assert 'e: its weight is computed by _mul_scalar' in caplog.records[-1].getMessage()

@@ -2,6 +2,7 @@
 and the time split that decides which users and items are new."""
 import numpy as np
 import pytest
+from ratings_files import movielens_lines, write
 
 from masked_opt.demo.data import (
     MIN_RATINGS,
@@ -13,24 +14,6 @@ from masked_opt.demo.data import (
 )
 from masked_opt.demo.files import holdout_split, load_ratings, random_split, time_split
 from masked_opt.demo.synthetic import synthetic_split
-
-
-def write(tmp_path, text, name='u.data'):
-    path = tmp_path / name
-    path.write_text(text)
-    return str(path)
-
-
-def movielens_lines(n_users=12, n_items=9, seed=0, sep='\t'):
-    """Every user rates 6 items; users > 8 and items > 6 only appear late."""
-    rng = np.random.default_rng(seed)
-    lines = []
-    for u in range(1, n_users + 1):
-        for i in rng.choice(np.arange(1, n_items + 1), size=6, replace=False):
-            late = u > 8 or i > 6
-            stamp = 10 ** 9 + (50_000 if late else 0) + int(rng.integers(0, 40_000))
-            lines.append(sep.join(map(str, (u, i, int(rng.integers(1, 6)), stamp))))
-    return '\n'.join(lines) + '\n'
 
 
 # ------------------------------------------------------------------ loader

@@ -14,10 +14,9 @@ import logging
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import as_bits, assert_same_bits
+from bits import as_bits, assert_same_bits, random_bits
 from hypothesis import given
 from hypothesis import strategies as st
-from test_native_ops import lib, random_bits  # noqa: F401  (lib is a fixture)
 
 from masked_opt import inplace_check, native
 from masked_opt.kernel_calls import KERNELS, run_mxnet_kernel

@@ -45,9 +45,9 @@ def optimizer_case(draw):
     dtypes = draw(st.lists(st.sampled_from(['float16', 'float32', 'float64']), min_size=1,
                            max_size=3))
     sparse = kind == 'sgd' and draw(st.booleans())   # a row_sparse neighbour: no multi_*
-    if kind == 'sgd' and (kw['multi_precision'] or not sparse):
-        # One dtype per SGD call: multi_sgd_update refuses mixed dtypes, and SGD decides
-        # multi-precision once per call, on its first weight (mixed calls fail inside MXNet)
+    if kind == 'sgd':
+        # One dtype per SGD call, as MXNet's Updater makes them (multi_sgd_update refuses
+        # mixed dtypes, and SGD decides multi-precision once per call on its first weight)
         dtypes = [dtypes[0]] * len(dtypes)
     return kind, kw, dtypes, sparse, draw(st.integers(0, 2 ** 31))
 
@@ -80,7 +80,7 @@ def test_replayed_kernel_call_gives_the_optimizers_bits(case):
             if grads[i].stype != 'default':
                 continue
             call = dense_kernel_call(opt, i, dtypes[i], multi_precision=True,
-                                     first_dtype=dtypes[0], aggregate=aggregate)
+                                     aggregate=aggregate)
             run_mxnet_kernel(call.kernel, call.attrs, copies[i], grads[i],
                              kernel_states(call.kernel, state_copies[i]))
             where = 'step %d, parameter %d (%s, %s)' % (step, i, call.kernel, dtypes[i])

@@ -183,3 +183,30 @@ def test_fuzz_malformed_gradients_same_outcome_on_both_paths(case):
         assert_same_bits(pure[0], fast[0], 'weight, native vs pure')
         for a, b in zip(pure[1], fast[1], strict=True):
             assert_same_bits(a, b, 'state, native vs pure')
+
+
+@pytest.mark.parametrize('native_on', [False, pytest.param(True, marks=needs_native)])
+def test_whole_step_with_one_malformed_gradient(native_on):
+    """A whole step (every parameter in one Updater call, as Trainer and Module hand it over):
+    the pure path chooses every parameter's strategy, and so reads and checks every gradient's
+    ids, before it writes anything, so a well-formed neighbour is not updated either; the native
+    path queues the neighbour's update, which runs, and refuses the malformed one on the engine."""
+    opt = mo.Masked(base='adam', masks={'*_weight': mo.train_rows_from(4)}, learning_rate=0.1,
+                    param_idx2name={0: 'a_weight', 1: 'b_weight'})
+    opt.step_path = 'native' if native_on else 'pure'
+    updater = mx.optimizer.get_updater(opt)
+    rng = np.random.RandomState(5)
+    weights = [mx.nd.array(rng.normal(size=(V, D))) for _ in range(2)]
+    updater([0, 1], [_rsp([4, 5], np.ones((2, D)))] * 2, weights)   # states exist
+    before = [w.asnumpy().copy() for w in weights]
+    grads = [_rsp([5, 6], np.ones((2, D))), _rsp([6, 3, 5], np.ones((3, D)))]
+    if native_on:
+        updater([0, 1], grads, weights)
+        with pytest.raises(mx.MXNetError, match="parameter 'b_weight'.*sorted, unique"):
+            weights[1].asnumpy()
+        assert not np.array_equal(before[0], weights[0].asnumpy()), 'the neighbour trained'
+    else:
+        with pytest.raises(ValueError, match="parameter 'b_weight'.*sorted, unique"):
+            updater([0, 1], grads, weights)
+        assert_same_bits(before[0], weights[0], 'the well-formed neighbour')
+    assert_same_bits(before[1], weights[1], 'the parameter with the malformed gradient')

@@ -14,7 +14,7 @@ import textwrap
 import mxnet as mx
 import numpy as np
 import pytest
-from bits import as_bits, assert_same_bits
+from bits import assert_same_bits, random_bits
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,30 +22,6 @@ from masked_opt import native
 
 DTYPES = ['float16', 'float32', 'float64']
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope='module')
-def lib():
-    """Skip (or, with MASKED_OPT_REQUIRE_NATIVE=1, fail) when the native ops are unavailable."""
-    if not native.available():
-        reason = native.status().reason
-        if os.environ.get('MASKED_OPT_REQUIRE_NATIVE') == '1':
-            pytest.fail('MASKED_OPT_REQUIRE_NATIVE=1 but the native library is not available: '
-                        + str(reason))
-        pytest.skip('native library not available: %s' % reason)
-
-
-def random_bits(seed, shape, dtype):
-    """An array of `shape` with random bit patterns of `dtype`, and NaN, +-Inf, -0.0 sprinkled."""
-    rng = np.random.default_rng(seed)
-    dtype = np.dtype(dtype)
-    uint = as_bits(np.zeros(1, dtype)).dtype
-    a = rng.integers(0, np.iinfo(uint).max, size=shape, dtype=uint, endpoint=True).view(dtype)
-    flat = a.reshape(-1)
-    if flat.size:
-        where = rng.choice(flat.size, size=min(4, flat.size), replace=False)
-        flat[where] = np.array([np.nan, np.inf, -np.inf, -0.0], dtype)[:where.size]
-    return a
 
 
 def row_sparse(seed, ids, shape, dtype):

@@ -110,17 +110,22 @@ def test_row_sparse_weight_state_on_kvstore_is_block_sized():
     assert nbytes(next(iter(states.values()))) == 2 * NEW * DIM * 4
 
 
-def test_dense_path_keeps_one_block_sized_buffer():
-    """Besides the state, the dense path keeps one reusable block-sized weight buffer, and a
-    contiguous mask keeps no index arrays: the plan's device memory follows the block."""
+@pytest.mark.parametrize('path', ['pure', 'auto'])
+def test_dense_path_keeps_one_block_sized_buffer(path):
+    """Besides the state, the pure dense path keeps one reusable block-sized weight buffer,
+    and a contiguous mask keeps no index arrays: the plan's device memory follows the block.
+    The in-place strategy (path 'auto' with the native library) keeps no buffer at all."""
+    from masked_opt import inplace_check
     opt = mo.Masked(base='adam', learning_rate=1e-3, param_idx2name={0: 'emb_weight'},
                     masks={'emb_weight': mo.train_rows_from(ROWS - NEW)})
+    opt.step_path = path
     weight = mx.nd.zeros((ROWS, DIM))
     state = opt.create_state(0, weight)
     for _ in range(2):
         opt.update(0, weight, mx.nd.ones((ROWS, DIM)), state)
     plan = opt.plan_for(0, weight)
-    assert sum(nbytes(b) for b in plan.buffers()) == NEW * DIM * 4
+    in_place = path == 'auto' and inplace_check.status().usable
+    assert sum(nbytes(b) for b in plan.buffers()) == (0 if in_place else NEW * DIM * 4)
     assert plan.index_arrays() == []
 
 

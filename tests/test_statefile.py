@@ -3,8 +3,9 @@
 Every resume here is checked on the bits against two references: the same run never
 interrupted, and the same resume through MXNet's pickle-based ``Trainer.save_states`` /
 ``Module.save_optimizer_states`` (what tests/test_checkpoint.py and tests/test_phases.py
-check). Covered: every registered MXNet optimizer under a masked Gluon Trainer, MXNet's four
-learning-rate schedulers with warmup, Module on one device and on two (states keyed by name on
+check). Covered: every optimizer and setting of the optimizer table (optim_db) under a masked
+Gluon Trainer, float16 weights with multi_precision, MXNet's four learning-rate schedulers with
+warmup, Module on one device and on two (states keyed by name on
 the kvstore), Gluon on two devices with and without update_on_kvstore, a warm start from an
 unmasked run, and a change of masks between phases. What the format cannot hold is refused
 when saving, with a pointer to the pickle route; what does not fit is refused when loading,
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from bits import assert_same_bits, state_arrays
 from models import forum_block, forum_mf, gluon_steps, mf_iter, module_steps, ratings
+from optim_db import CONFIGS, MULTI_PRECISION, NO_WD, case_ids
 from payloads import Tripwire, payload_array
 
 import masked_opt as mo
@@ -26,22 +28,15 @@ N_USERS, N_ITEMS, DIM, BATCH = 10, 12, 4, 8
 BOOK, MEMBER = 'book_embedding_weight', 'member_embedding_weight'
 MASKS = {BOOK: mo.train_rows_from(8), MEMBER: mo.train_cols([1, 3])}
 
-# Settings for the registered optimizers that need some to do anything worth checking.
-SETTINGS = {'sgd': {'momentum': 0.9}, 'ccsgd': {'momentum': 0.9}, 'nag': {'momentum': 0.9},
-            'signum': {'momentum': 0.9, 'wd_lh': 0.01}, 'lars': {'momentum': 0.9},
-            'rmsprop': {'centered': True, 'clip_weights': 0.8},
-            'lamb': {'lower_bound': 1e-3, 'upper_bound': 0.5}}
 # Optimizers that keep arrays of their own: refused when saving (see test_refused_when_saving).
 KEEP_ARRAYS = {'lbsgd': 'cumgrads', 'dcasgd': 'weight_previous'}
-OPTIMIZERS = sorted(set(mx.optimizer.Optimizer.opt_registry) - {'masked'} - set(KEEP_ARRAYS))
+CASES = [case for case in case_ids(CONFIGS, order=sorted) if case.values[0] not in KEEP_ARRAYS]
 
 
-def _params(base, masks=MASKS, **extra):
-    out = dict({'base': base, 'learning_rate': 0.01, 'wd': 1e-3, 'masks': masks},
-               **SETTINGS.get(base, {}))
+def _params(base, masks=MASKS, config=None, **extra):
+    out = dict({'base': base, 'learning_rate': 0.01, 'wd': 0.0 if base in NO_WD else 1e-3,
+                'masks': masks}, **(config if config is not None else CONFIGS[base][-1]))
     out.update(extra)
-    if base == 'groupadagrad':
-        out['wd'] = 0.0
     return out
 
 
@@ -118,11 +113,13 @@ def _gluon_resume(tmp_path, params, make_params=None, ctx=None, steps=(3, 3), re
     return out
 
 
-@pytest.mark.parametrize('base', OPTIMIZERS)
-def test_gluon_every_optimizer_resumes_like_the_pickle(base, tmp_path):
-    """Masked Gluon Trainer, every registered optimizer: weights, states and update counts
-    after the resume are those of the pickle resume and of the run never interrupted."""
-    (whole, whole_t), (pick, pick_t), (plain, plain_t) = _gluon_resume(tmp_path, _params(base))
+@pytest.mark.parametrize('base,config', CASES)
+def test_gluon_every_optimizer_resumes_like_the_pickle(base, config, tmp_path):
+    """Masked Gluon Trainer, every registered optimizer and setting of the optimizer table:
+    weights, states and update counts after the resume are those of the pickle resume and of
+    the run never interrupted."""
+    (whole, whole_t), (pick, pick_t), (plain, plain_t) = _gluon_resume(
+        tmp_path, _params(base, config=config))
     _same_weights(pick, plain, 'pickle vs save_states')
     _same_states(_states(pick_t), _states(plain_t), 'pickle vs save_states')
     if base != 'sgld':   # its noise: MXNet's generator, in no state file (the pickle's resume
@@ -160,6 +157,50 @@ def test_gluon_schedulers_resume_bit_for_bit(kind, base, tmp_path):
     _same_weights(pick, plain, 'pickle vs save_states')
     want, got = whole_t._optimizer.lr_scheduler, plain_t._optimizer.lr_scheduler
     assert type(got) is type(want) and vars(got) == vars(want)
+
+
+@pytest.mark.parametrize('base', sorted(MULTI_PRECISION))
+def test_float16_weights_with_multi_precision_resume_like_the_pickle(base, tmp_path):
+    """States nested two deep (the float32 master copy, then the optimizer's own)."""
+    def build():
+        net = mx.gluon.nn.Embedding(N_ITEMS, DIM, prefix='book_embedding_', dtype='float16')
+        net.initialize(mx.init.Uniform(0.5))
+        return net, mx.gluon.Trainer(net.collect_params(), 'masked', _params(
+            base, {BOOK: mo.train_rows_from(8)}, multi_precision=True))
+
+    def steps(net, trainer, first, count):
+        ids = mx.nd.array(ratings(N_USERS, N_ITEMS, 96, seed=4)[1])
+        for s in range(first, first + count):
+            with mx.autograd.record():
+                loss = (net(ids[s * BATCH:(s + 1) * BATCH]).astype('float32') ** 2).sum()
+            loss.backward()
+            trainer.step(BATCH)
+    start = build()[0].weight.data().copy()
+
+    def fresh():
+        net, trainer = build()
+        net.weight.set_data(start.copy())
+        return net, trainer
+    whole, whole_t = fresh()
+    steps(whole, whole_t, 0, 5)
+    first, first_t = fresh()
+    steps(first, first_t, 0, 2)
+    first_t.save_states(str(tmp_path / 'p.pickle'))
+    mo.save_states(first_t, str(tmp_path / 'p.states'))
+    resumed = []
+    for load in (lambda t: t.load_states(str(tmp_path / 'p.pickle')),
+                 lambda t: mo.load_states(t, str(tmp_path / 'p.states'))):
+        net, trainer = fresh()
+        net.weight.set_data(first.weight.data().copy())
+        load(trainer)
+        steps(net, trainer, 2, 3)
+        resumed.append((net, trainer))
+    (pick, pick_t), (plain, plain_t) = resumed
+    assert_same_bits(whole.weight.data(), plain.weight.data(), 'uninterrupted vs save_states')
+    assert_same_bits(pick.weight.data(), plain.weight.data(), 'pickle vs save_states')
+    _same_states(_states(pick_t), _states(plain_t), 'pickle vs save_states')
+    master = _states(plain_t)[0][0]
+    assert master.dtype == np.float32 and master.shape == (N_ITEMS - 8, DIM)
 
 
 @pytest.mark.parametrize('update_on_kvstore', [False, True])

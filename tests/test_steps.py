@@ -44,11 +44,20 @@ def test_each_path_picks_its_strategy(path):
     dense = mx.nd.ones(SHAPE)
     assert _choose(None, dense, path).name == 'unmasked'
     assert _choose(_plan(np.zeros(10)), dense, path).name == 'stand_in'   # nothing trains
-    if path == 'native':
-        with pytest.raises(ValueError, match='no native strategy serves a dense gradient'):
+    # A dense gradient: the in-place strategy where the block is one range of rows and
+    # columns (and the library loaded), the pure dense block otherwise.
+    if path == 'native' and not NATIVE:
+        with pytest.raises(ValueError, match='native library is not loaded'):
             _choose(_plan(CONTIGUOUS), dense, path)
     else:
-        assert _choose(_plan(CONTIGUOUS), dense, path).name == 'dense'
+        assert _choose(_plan(CONTIGUOUS), dense, path).name == {
+            'auto': 'dense_inplace' if NATIVE else 'dense', 'pure': 'dense',
+            'native': 'dense_inplace'}[path]
+    if path == 'native':
+        with pytest.raises(ValueError, match='one range of rows'):
+            _choose(_plan(SCATTERED), dense, path)
+    else:
+        assert _choose(_plan(SCATTERED), dense, path).name == 'dense'
     sparse = _rsp([1, 7])
     if path == 'native' and not NATIVE:
         with pytest.raises(ValueError, match='native library is not loaded'):
@@ -124,7 +133,7 @@ def test_every_path_matches_the_pure_one(case, grad_stype):
         return weight.asnumpy(), state_arrays(updater.states[0]), opt.num_update
 
     paths = ['auto']
-    if grad_stype == 'row_sparse' and NATIVE:
+    if NATIVE:
         paths.append('native')
     pure = run('pure')
     for path in paths:

@@ -9,7 +9,12 @@ strategy                  when                                            module
 ``StandIn``               nothing of the parameter trains this step (a    :mod:`.stand_in`
                           fully frozen mask; a row_sparse batch without
                           a trainable row on the pure path)
-``DenseBlock``            a dense gradient                                :mod:`.dense`
+``DenseBlock``            a dense gradient: the pure path, any            :mod:`.dense`
+                          optimizer, mask, dtype, context
+``InPlaceCols``           a dense gradient where masked_opt's operator    :mod:`.dense_cols`
+                          reproduces the wrapped optimizer's kernel
+                          (SGD, Adam; one range of rows and columns; see
+                          :func:`~.dense_cols.inplace_reason`)
 ``SparseRows``            a row_sparse gradient: the pure path, any       :mod:`.sparse`
                           optimizer, mask, dtype, context
 ``NativeRows``            a row_sparse gradient where MXNet's lazy        :mod:`.native_rows`
@@ -24,7 +29,8 @@ strategy gives the same bits as the pure one on every case it serves (``tests/te
 against the for-loop).
 
 ``path`` picks among them, the way ``torch.optim`` takes ``foreach=``/``fused=``: ``'auto'``
-(the default: the native strategy where it applies and the library is loaded, else the pure
+(the default: the native strategy -- ``NativeRows`` for a row_sparse gradient,
+``InPlaceCols`` for a dense one -- where it applies and the library is loaded, else the pure
 one), ``'pure'`` (never a native strategy), ``'native'`` (the native strategy, or a
 ``ValueError`` saying why it does not apply). The stand-in and the unmasked pass-through are
 not speed choices: every path takes them where they apply. :attr:`masked_opt.Masked.step_path`
@@ -38,7 +44,7 @@ passes it for a whole optimizer.
 >>> g = mx.nd.sparse.row_sparse_array((np.ones((1, 4), 'float32'), [3]), shape=(6, 4))
 >>> sgd = mx.optimizer.SGD(momentum=0.9)
 >>> pick = dict(full_state=False, multi_precision=False, stand_ins=None)
->>> choose(plan, 0, w, mx.nd.ones((6, 4)), sgd, **pick).name
+>>> choose(plan, 0, w, mx.nd.ones((6, 4)), sgd, path='pure', **pick).name
 'dense'
 >>> choose(plan, 0, w, g, sgd, path='pure', **pick).name
 'sparse'
@@ -48,9 +54,10 @@ passes it for a whole optimizer.
 import numpy as np
 from mxnet import optimizer as mx_opt
 
-from .. import native
+from .. import inplace_check, native
 from .base import Unmasked
 from .dense import DenseBlock
+from .dense_cols import InPlaceCols, inplace_reason
 from .native_rows import NativeRows
 from .sparse import SparseRows
 from .stand_in import StandIn
@@ -79,7 +86,7 @@ def check_path(path):
 
 
 def choose(plan, index, weight, grad, base, *, full_state, multi_precision, stand_ins,
-           path='auto'):
+           path='auto', state=None):
     """The strategy for one parameter's update this step: the only place that decides it.
 
     Parameters
@@ -100,6 +107,9 @@ def choose(plan, index, weight, grad, base, *, full_state, multi_precision, stan
         The masked optimizer's stand-in arrays (used when nothing trains).
     path : {'auto', 'pure', 'native'}
         Which strategies may run (see the module doc).
+    state : object, optional
+        The parameter's optimizer state (the in-place strategy checks that SGD's momentum
+        state matches its momentum).
 
     Returns
     -------
@@ -114,9 +124,24 @@ def choose(plan, index, weight, grad, base, *, full_state, multi_precision, stan
         # (update count, Nadam's schedule, LARS's lr): with a stand-in.
         return StandIn(stand_ins)
     if grad.stype != 'row_sparse':
-        if path == 'native':
-            raise ValueError("path='native': no native strategy serves a dense gradient; "
-                             "use path='auto' or 'pure'")
+        if path != 'pure':
+            ranges = native_ranges(plan, weight.dtype)
+            why_not = inplace_reason(ranges, weight, grad, base, state,
+                                     multi_precision=multi_precision)
+            if why_not is None:
+                if native.available():
+                    if inplace_check.check():
+                        return InPlaceCols(plan, ranges, stand_ins)
+                    why_not = ('the in-place operator is off in this process: %s'
+                               % inplace_check.status().reason)
+                else:
+                    if path == 'auto' and native.status().enabled:
+                        native.notify_fallback()
+                    why_not = 'the native library is not loaded: %s' % native.status().reason
+            if path == 'native':
+                raise ValueError("path='native' cannot update parameter %r this step: %s. "
+                                 "Use path='auto' to fall back to the pure path."
+                                 % (index, why_not))
         return DenseBlock(plan)
     if path != 'pure':
         why_not = native_reason(plan, index, weight, base, full_state=full_state,

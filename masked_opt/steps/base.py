@@ -31,8 +31,12 @@ class Prepared:
         self.index, self.weight, self.grad, self.state = index, weight, grad, state
         self._finish = finish
 
-    def finish(self):
-        """Write the updated block back (after the wrapped optimizer ran)."""
+    def finish(self, call=None):
+        """Write the updated block back (after the wrapped optimizer ran).
+
+        ``call``: every :class:`Prepared` of the wrapped optimizer's call this one was part
+        of (a strategy that updates after the call may need to know how the call ran).
+        """
         if self._finish is not None:
             self._finish()
 
