@@ -31,7 +31,8 @@ GOOD = '1\t1\t3\t100'
 SPECIAL = ['nan', 'NaN', 'inf', '-inf', 'Infinity', '1e308', '-1e308', '1e309', '1000001',
            '881250949', '99999999999999999999', '-9223372036854775809', '9223372036854775808',
            '\u0661', '\uff11', '1_000', '0x10', '1.5', '', ' ', '\x0c', '\x0b', '\u2028',
-           '\u00a0', '\ufeff1', '\r', '1\r', '3.', '.5', '-0', '+7', '1e5', '1E-3', '5 5']
+           '\u00a0', '\ufeff1', '\r', '1\r', '3.', '.5', '-0', '+7', '1e5', '1E-3', '5 5',
+           '9' * 5000, '0' * 40 + '1']
 BEYOND_INT64 = st.one_of(st.integers(2 ** 63, 10 ** 25), st.integers(-10 ** 25, -2 ** 63 - 1))
 TOKEN = st.one_of(st.sampled_from(SPECIAL), st.text(max_size=12), BEYOND_INT64.map(str),
                   st.integers(-10 ** 25, 10 ** 25).map(str), st.floats().map(repr))

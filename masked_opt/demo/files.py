@@ -103,6 +103,12 @@ _RENUMBER = 'renumber the ids (0, 1, 2, ...) or hash them to at most 18 digits'
 _MAX_TEXT = ('%g' % MAX_RATING).replace('e+0', 'e').replace('e+', 'e')   # 1e6, not 1e+06
 
 
+def _integer(text):
+    """``int(text)``, or None when it has more than 19 digits (beyond int64 anyway; Python
+    refuses to convert more than 4300 with a ValueError of its own)."""
+    return None if len(text.lstrip('+-').lstrip('0')) > 19 else int(text)
+
+
 def _parse_line(line, path, number):
     """``(user, item, rating, timestamp)`` of one line, ``(None,) * 4`` for a blank one.
 
@@ -124,12 +130,12 @@ def _parse_line(line, path, number):
     if not all(_INTEGER.match(fields[k]) for k in (0, 1, 3)):
         raise DataError('%s: expected integer user id, item id and timestamp, received %r'
                         % (where, line[:80]))
-    user, item, stamp = int(fields[0]), int(fields[1]), int(fields[3])
+    user, item, stamp = (_integer(fields[k]) for k in (0, 1, 3))
     for what, text, value, fix in (('user id', fields[0], user, _RENUMBER),
                                    ('item id', fields[1], item, _RENUMBER),
                                    ('timestamp', fields[3], stamp, 'a timestamp counts seconds '
                                     'since 1970 (e.g. 881250949): check the column order')):
-        if not _INT64[0] <= value <= _INT64[1]:
+        if value is None or not _INT64[0] <= value <= _INT64[1]:
             raise DataError('%s: %s %s does not fit a 64-bit integer (expected -2**63 to '
                             '2**63 - 1); %s' % (where, what, text[:40], fix))
     value = float(fields[2]) if _NUMBER.match(fields[2]) else math.nan
