@@ -10,7 +10,7 @@ Examples
 >>> opt.learning_rate
 0.1
 """
-from . import _mxnet_workarounds, states, validate
+from . import _mxnet_workarounds, convert, states, validate
 from ._version import __version__  # noqa: F401
 from .convert import convert_embeddings
 from .grow import (
@@ -40,10 +40,10 @@ from .optimizer import Masked
 from .state_view import OptimizerState, optimizer_state
 from .statefile import load_states, save_states
 
-# MXNet's get_updater gives a Masked optimizer (or a wrapper around one) its MaskedUpdater, and
-# a local/device kvstore's set_optimizer checks every mask in the caller (see
-# masked_opt/_mxnet_workarounds.py for why).
-_mxnet_workarounds.install(validate.check_before_kvstore, states.updater_for)
+# MXNet's get_updater gives a Masked optimizer (or a wrapper around one) its MaskedUpdater, a
+# local/device kvstore's set_optimizer checks every mask in the caller, and Module.bind refuses
+# what a converted lookup cannot do (see masked_opt/_mxnet_workarounds.py for why).
+_mxnet_workarounds.install(validate.check_before_kvstore, states.updater_for, convert.check_bind)
 
 __all__ = ['Masked', 'Mask', 'as_mask', 'train_rows_from', 'train_rows', 'freeze_rows',
            'scale_rows', 'train_cols', 'freeze_cols', 'scale_cols',

@@ -6,14 +6,15 @@ be read off the objects up the call stack (``self`` of the caller frames): the M
 that holds the parameters (:func:`caller_params`), whether the kvstore is pickling the optimizer
 for its servers (:func:`pickling_for_servers`), whether MXNet's kvstore updater callback is
 running (:func:`in_kvstore_updater`), a server's rank (:func:`server_rank`) and the wrapper
-that holds parameter names (:func:`name_from_callers`).
+that holds parameter names (:func:`name_from_callers`). MXNet 1.9.1 also has no public way to
+reach the Updater of a Trainer or Module: :func:`updaters_of` reads their private attributes.
 
-Two functions of MXNet are replaced, by :func:`install` only (``import masked_opt`` calls it
-once; importing this module changes nothing, so the update path, which uses the lookups, patches
-nothing): ``KVStore.set_optimizer`` (masks checked in the caller before a kvstore runs updates
-where errors are swallowed) and ``mxnet.optimizer.get_updater`` (the Updater that keeps state
-layouts). Both keep the original reachable as ``_masked_opt_original``; installing twice wraps
-the original once.
+Three functions of MXNet are replaced, by :func:`install` only (``import masked_opt`` calls
+it once; importing this module changes nothing, so the update path, which uses the lookups,
+patches nothing): ``KVStore.set_optimizer`` (masks checked in the caller before a kvstore runs
+updates where errors are swallowed), ``mxnet.optimizer.get_updater`` (the Updater that keeps
+state layouts) and ``Module.bind`` (:func:`guard_module_bind`). The first two keep the original
+reachable as ``_masked_opt_original``; installing twice wraps the original once.
 
 >>> from masked_opt._mxnet_workarounds import caller_params, in_kvstore_updater
 >>> caller_params(), in_kvstore_updater()     # no Module, Trainer or kvstore up the stack
@@ -28,7 +29,7 @@ from mxnet import optimizer as mx_opt
 
 __all__ = ['Param', 'caller_params', 'pickling_for_servers', 'in_kvstore_updater',
            'server_rank', 'name_from_callers', 'held_optimizers', 'first_held', 'take_names',
-           'install']
+           'updaters_of', 'guard_module_bind', 'install']
 
 # How far to look: attribute levels from a wrapper to the masked optimizer, caller frames.
 _MAX_DEPTH = 4
@@ -237,10 +238,65 @@ def take_names(masked, holders):
     return True
 
 
-# ---- the two patches ----
+def updaters_of(owner):
+    """The updaters (one per device) holding ``owner``'s states.
 
-def install(check_before_kvstore, updater_for):
-    """Replace ``KVStore.set_optimizer`` and ``mxnet.optimizer.get_updater`` (once).
+    MXNet 1.9.1 has no public accessor for them: a Trainer keeps them in ``_updaters``, a
+    Module in ``_updater``, and with ``update_on_kvstore`` on a local kvstore both hand the
+    updater to the kvstore (``_updater``). This is the one place that reads those attributes
+    (for :func:`masked_opt.optimizer_state`).
+    """
+    if isinstance(owner, mx_opt.Updater):
+        return [owner]
+    kvstore = getattr(owner, '_kvstore', None)
+    on_kvstore = getattr(owner, '_update_on_kvstore', False)
+    if kvstore is not None and on_kvstore:
+        if 'dist' in kvstore.type:
+            raise ValueError('optimizer_state: with update_on_kvstore on a %r kvstore the '
+                             'states live on the servers; read them there, or train with '
+                             'update_on_kvstore=False' % kvstore.type)
+        found = getattr(kvstore, '_updater', None)
+        return [found] if found is not None else []
+    if hasattr(owner, '_updaters'):                 # gluon.Trainer
+        return list(owner._updaters or [])
+    if hasattr(owner, '_updater'):                  # mx.mod.Module
+        return [owner._updater] if owner._updater is not None else []
+    raise TypeError('optimizer_state: expected a gluon.Trainer, a Module or an '
+                    'mxnet.optimizer.Updater, received %s' % type(owner).__name__)
+
+
+# ---- the three patches ----
+
+def guard_module_bind(check_bind):
+    """Make ``Module.bind`` call ``check_bind(symbol, grad_req, inputs_need_grad)`` first (once
+    per process).
+
+    masked_opt's native lookup (``convert_embeddings``) is an operator of an extension library,
+    and MXNet 1.9.1 hands such an operator no ``req``: it cannot refuse ``grad_req='add'`` or
+    ``inputs_need_grad`` as MXNet's Embedding does, so ``Module.bind`` refuses them for a
+    converted graph. Run by :func:`install` when MXNet's Module class exists, else by the first
+    conversion: a kvstore server imports masked_opt while mxnet itself is still importing.
+    """
+    module = getattr(sys.modules.get('mxnet.module'), 'Module', None)
+    bind = getattr(module, 'bind', None)
+    if bind is None or getattr(bind, '_masked_opt_lookup', False):
+        return
+
+    @functools.wraps(bind)
+    def checked_bind(self, data_shapes, label_shapes=None, for_training=True,
+                     inputs_need_grad=False, force_rebind=False, shared_module=None,
+                     grad_req='write'):
+        if for_training:
+            check_bind(self.symbol, grad_req, inputs_need_grad)
+        return bind(self, data_shapes, label_shapes, for_training, inputs_need_grad,
+                    force_rebind, shared_module, grad_req)
+    checked_bind._masked_opt_lookup = True
+    module.bind = checked_bind
+
+
+def install(check_before_kvstore, updater_for, check_bind):
+    """Replace ``KVStore.set_optimizer``, ``mxnet.optimizer.get_updater`` and (where MXNet's
+    Module is loaded) ``Module.bind``, once each.
 
     ``check_before_kvstore(kvstore, optimizer)`` runs before MXNet's ``set_optimizer``:
     with ``update_on_kvstore`` on a local or device kvstore, MXNet 1.9.1 runs the optimizer
@@ -270,3 +326,4 @@ def install(check_before_kvstore, updater_for):
     get_updater._masked_opt_original = original_get
     mx_opt.get_updater = get_updater
     mx_opt.optimizer.get_updater = get_updater
+    guard_module_bind(check_bind)

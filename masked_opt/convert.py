@@ -10,14 +10,13 @@ every such layer, keeping names, shapes, attributes, outputs and ``Parameter`` o
 ``Module``, ``Trainer``, ``'masked'``, checkpoints and ``arg_params`` work unchanged. Layers it
 cannot serve are left as they are and named in one log line, with the reason.
 """
-import functools
 import json
 import logging
-import sys
 
 import mxnet as mx
 
 from . import native
+from ._mxnet_workarounds import guard_module_bind
 
 __all__ = ['convert_embeddings', 'check_bind', 'OP']
 
@@ -55,7 +54,7 @@ def _no_native():
 
 # ------------------------------------------------------------------------------- Symbol
 def _convert_symbol(sym, ctx):
-    _guard_module_bind()
+    guard_module_bind(check_bind)   # if masked_opt was imported before mxnet.module
     graph = json.loads(sym.tojson())
     nodes = graph['nodes']
     converted, left = [], []
@@ -140,32 +139,6 @@ def check_bind(sym, grad_req='write', inputs_need_grad=False):
             'inputs_need_grad=True with masked_opt_lookup in the graph: MXNet\'s Embedding does '
             'not compute a gradient for its ids ("doesn\'t support calculate data gradient"), '
             'nor does the converted lookup. Bind with inputs_need_grad=False')
-
-
-def _guard_module_bind():
-    """Make ``Module.bind`` call :func:`check_bind` first (once per process).
-
-    Run at import when MXNet's Module class exists, else by the first conversion: a kvstore
-    server imports masked_opt while mxnet itself is still importing.
-    """
-    module = getattr(sys.modules.get('mxnet.module'), 'Module', None)
-    bind = getattr(module, 'bind', None)
-    if bind is None or getattr(bind, '_masked_opt_lookup', False):
-        return
-
-    @functools.wraps(bind)
-    def checked_bind(self, data_shapes, label_shapes=None, for_training=True,
-                     inputs_need_grad=False, force_rebind=False, shared_module=None,
-                     grad_req='write'):
-        if for_training:
-            check_bind(self.symbol, grad_req, inputs_need_grad)
-        return bind(self, data_shapes, label_shapes, for_training, inputs_need_grad,
-                    force_rebind, shared_module, grad_req)
-    checked_bind._masked_opt_lookup = True
-    module.bind = checked_bind
-
-
-_guard_module_bind()
 
 
 # ------------------------------------------------------------------------------- Gluon

@@ -80,7 +80,7 @@ _UPDATE_PATH = '''
 import sys, types, pathlib
 import mxnet as mx
 from mxnet.kvstore.kvstore import KVStore
-before = (mx.optimizer.get_updater, KVStore.set_optimizer)
+before = (mx.optimizer.get_updater, KVStore.set_optimizer, mx.mod.Module.bind)
 # The package without its __init__ (which installs the patches on purpose): only the modules
 # the update path imports run.
 package = types.ModuleType('masked_opt')
@@ -88,7 +88,7 @@ package.__path__ = [str(pathlib.Path(sys.argv[1]))]
 sys.modules['masked_opt'] = package
 import masked_opt.optimizer, masked_opt.steps
 assert 'masked_opt.states' not in sys.modules and 'masked_opt.validate' not in sys.modules
-assert (mx.optimizer.get_updater, KVStore.set_optimizer) == before, 'patched'
+assert (mx.optimizer.get_updater, KVStore.set_optimizer, mx.mod.Module.bind) == before, 'patched'
 print('untouched')
 '''
 
@@ -109,3 +109,4 @@ def test_import_masked_opt_patches_mxnet_once():
     original = KVStore.set_optimizer._masked_opt_original
     assert not hasattr(original, '_masked_opt_original')
     assert mx.optimizer.get_updater.__module__ == 'masked_opt._mxnet_workarounds'
+    assert mx.mod.Module.bind._masked_opt_lookup
