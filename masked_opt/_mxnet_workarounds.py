@@ -6,7 +6,8 @@ be read off the objects up the call stack (``self`` of the caller frames): the M
 that holds the parameters (:func:`caller_params`), whether the kvstore is pickling the optimizer
 for its servers (:func:`pickling_for_servers`), whether MXNet's kvstore updater callback is
 running (:func:`in_kvstore_updater`), a server's rank (:func:`server_rank`) and the wrapper
-that holds parameter names (:func:`name_from_callers`).
+that holds parameter names (:func:`name_from_callers`). MXNet 1.9.1 also has no public way to
+reach the Updater of a Trainer or Module: :func:`updaters_of` reads their private attributes.
 
 Three functions of MXNet are replaced, by :func:`install` only (``import masked_opt`` calls
 it once; importing this module changes nothing, so the update path, which uses the lookups,
@@ -28,7 +29,7 @@ from mxnet import optimizer as mx_opt
 
 __all__ = ['Param', 'caller_params', 'pickling_for_servers', 'in_kvstore_updater',
            'server_rank', 'name_from_callers', 'held_optimizers', 'first_held', 'take_names',
-           'guard_module_bind', 'install']
+           'updaters_of', 'guard_module_bind', 'install']
 
 # How far to look: attribute levels from a wrapper to the masked optimizer, caller frames.
 _MAX_DEPTH = 4
@@ -235,6 +236,33 @@ def take_names(masked, holders):
         return False
     masked.learn_names(found)
     return True
+
+
+def updaters_of(owner):
+    """The updaters (one per device) holding ``owner``'s states.
+
+    MXNet 1.9.1 has no public accessor for them: a Trainer keeps them in ``_updaters``, a
+    Module in ``_updater``, and with ``update_on_kvstore`` on a local kvstore both hand the
+    updater to the kvstore (``_updater``). This is the one place that reads those attributes
+    (for :func:`masked_opt.optimizer_state`).
+    """
+    if isinstance(owner, mx_opt.Updater):
+        return [owner]
+    kvstore = getattr(owner, '_kvstore', None)
+    on_kvstore = getattr(owner, '_update_on_kvstore', False)
+    if kvstore is not None and on_kvstore:
+        if 'dist' in kvstore.type:
+            raise ValueError('optimizer_state: with update_on_kvstore on a %r kvstore the '
+                             'states live on the servers; read them there, or train with '
+                             'update_on_kvstore=False' % kvstore.type)
+        found = getattr(kvstore, '_updater', None)
+        return [found] if found is not None else []
+    if hasattr(owner, '_updaters'):                 # gluon.Trainer
+        return list(owner._updaters or [])
+    if hasattr(owner, '_updater'):                  # mx.mod.Module
+        return [owner._updater] if owner._updater is not None else []
+    raise TypeError('optimizer_state: expected a gluon.Trainer, a Module or an '
+                    'mxnet.optimizer.Updater, received %s' % type(owner).__name__)
 
 
 # ---- the three patches ----

@@ -10,8 +10,8 @@ how indices are numbered.
 import collections
 
 import numpy as np
-from mxnet import optimizer as mx_opt
 
+from ._mxnet_workarounds import updaters_of
 from .states import LAYOUTS_KEY
 from .wrappers import find_masked
 
@@ -26,32 +26,6 @@ live (``.copy()`` one to keep it); empty when the optimizer keeps no state (SGD 
 momentum). ``rows``, ``cols``: numpy int64 ids of the weight's rows and columns the arrays'
 rows and columns stand for (``cols`` is None for a 1-D weight; both None for a masked state
 whose layout is unknown: loaded by MXNet's own Updater from a file that had none)."""
-
-
-def _updaters(owner):
-    """The updaters (one per device) holding ``owner``'s states.
-
-    MXNet 1.9.1 has no public accessor for them: a Trainer keeps them in ``_updaters``, a
-    Module in ``_updater``, and with ``update_on_kvstore`` on a local kvstore both hand the
-    updater to the kvstore (``_updater``). This is the one place that reads those attributes.
-    """
-    if isinstance(owner, mx_opt.Updater):
-        return [owner]
-    kvstore = getattr(owner, '_kvstore', None)
-    on_kvstore = getattr(owner, '_update_on_kvstore', False)
-    if kvstore is not None and on_kvstore:
-        if 'dist' in kvstore.type:
-            raise ValueError('optimizer_state: with update_on_kvstore on a %r kvstore the '
-                             'states live on the servers; read them there, or train with '
-                             'update_on_kvstore=False' % kvstore.type)
-        found = getattr(kvstore, '_updater', None)
-        return [found] if found is not None else []
-    if hasattr(owner, '_updaters'):                 # gluon.Trainer
-        return list(owner._updaters or [])
-    if hasattr(owner, '_updater'):                  # mx.mod.Module
-        return [owner._updater] if owner._updater is not None else []
-    raise TypeError('optimizer_state: expected a gluon.Trainer, a Module or an '
-                    'mxnet.optimizer.Updater, received %s' % type(owner).__name__)
 
 
 def _indices(optimizer, name):
@@ -111,7 +85,7 @@ def optimizer_state(owner, param, device=0):
     ([(3, 2), (3, 2)], [7, 8, 9], [1, 3])
     """
     name = getattr(param, 'name', param)
-    updaters = [u for u in _updaters(owner) if u is not None]
+    updaters = [u for u in updaters_of(owner) if u is not None]
     if not updaters:
         raise KeyError('optimizer_state: %s has no optimizer states yet: they are created at '
                        'the first update (trainer.step, mod.update or fit) or loaded with '

@@ -84,6 +84,24 @@ def test_line_numbers_are_the_editors(tmp_path):
         load_ratings(write(tmp_path, '\n'.join(lines)))
 
 
+def test_a_lone_carriage_return_does_not_end_a_line(tmp_path):
+    # Python's text files end a line there (universal newlines), `sed` and the line numbers in
+    # messages do not: an old-Mac line ending is a line with too many fields, said so.
+    lines = movielens_lines().splitlines()
+    lines[1] = lines[1] + '\r' + lines[2]
+    with pytest.raises(DataError, match=r'u\.data:2: expected 4 fields .* received 7: .* \(a '
+                       r'carriage return inside the line: lines must end with a newline'):
+        load_ratings(write(tmp_path, '\n'.join(lines)))
+
+
+def test_a_cut_off_byte_order_mark_is_not_an_empty_file(tmp_path):
+    # Python's utf-8-sig text reader returns '' for these bytes; they are not UTF-8 text.
+    for blob in (b'\xef', b'\xef\xbb'):
+        (tmp_path / 'cut.data').write_bytes(blob)
+        with pytest.raises(DataError, match='not a text file'):
+            load_ratings(str(tmp_path / 'cut.data'))
+
+
 def test_load_ratings_missing_short_and_binary_files(tmp_path):
     with pytest.raises(DataError, match='cannot read ratings file .*nope.data: No such file'):
         load_ratings(str(tmp_path / 'nope.data'))

@@ -68,8 +68,10 @@ def load_ratings(path):
     (25, [1, 1, 1], [3.0, 4.0, 5.0])
     """
     try:
-        with open(path, encoding='utf-8-sig') as f:   # -sig: a byte-order mark is not data
-            text = f.read()
+        with open(path, 'rb') as f:
+            # Decoded here, not by a text-mode file: that would end lines at a lone '\r', and
+            # its utf-8-sig reader takes a file holding a cut-off byte-order mark for empty.
+            text = f.read().decode('utf-8').removeprefix('\ufeff')   # a BOM is not data
     except OSError as err:
         raise DataError('cannot read ratings file %s: %s' % (path, err.strerror or err)) \
             from None
@@ -77,8 +79,8 @@ def load_ratings(path):
         raise DataError('%s is not a text file (expected UTF-8 lines user<TAB>item<TAB>'
                         'rating<TAB>timestamp)' % path) from None
     users, items, values, times = [], [], [], []
-    # Lines end at '\n' only (not at str.splitlines' other separators), so the line numbers
-    # in messages are those an editor or `sed -n Np` shows.
+    # Lines end at '\n' only (not at a lone '\r' or str.splitlines' other separators), so the
+    # line numbers in messages are those `sed -n Np` or an editor shows.
     for number, line in enumerate(text.split('\n'), start=1):
         user, item, value, stamp = _parse_line(line, path, number)
         if user is None:
@@ -115,7 +117,10 @@ def _parse_line(line, path, number):
     where = '%s:%d' % (path, number)
     if len(fields) != 4:
         raise DataError('%s: expected 4 fields user<TAB>item<TAB>rating<TAB>timestamp, '
-                        'received %d: %r' % (where, len(fields), line[:80]))
+                        'received %d: %r%s' % (where, len(fields), line[:80], (
+                            ' (a carriage return inside the line: lines must end with a '
+                            'newline, e.g. dos2unix or mac2unix the file)') if '\r' in line
+                            else ''))
     if not all(_INTEGER.match(fields[k]) for k in (0, 1, 3)):
         raise DataError('%s: expected integer user id, item id and timestamp, received %r'
                         % (where, line[:80]))

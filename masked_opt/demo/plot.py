@@ -111,7 +111,8 @@ def _gap_panel(ax, report, colours):
     ax.set_xlabel('epoch of the masked phase (0: the rows at init%s)' % (
         '; learning rate halved every %d' % halve if halve else ''))
     ax.set_ylabel('objective above the ceiling, % (log)')
-    ax.set_title('gap to the best possible new rows, on the training ratings', fontsize=10)
+    ax.set_title('gap to the best possible new %s, on the training ratings'
+                 % ('rows' if report['mode'] == 'grow' else 'column'), fontsize=10)
     ax.grid(True, which='major', ls=':', lw=0.5)
     ax.legend(fontsize=7, loc='upper right')
 
@@ -138,12 +139,12 @@ def _rmse_panel(ax, report, colours):
     ax.set_xlabel('RMSE on the %stest ratings (log)'
                   % ('new-pair ' if report['mode'] == 'grow' else ''))
     gap = report['summary'].get('gap.rmse', {})
-    ax.set_title('where each model lands on the test ratings', fontsize=10)
+    ax.set_title('where each model lands on the test ratings (colours: seeds, as left)',
+                 fontsize=10)
     if gap.get('mean') is not None:
         ax.text(0.98, 0.5, 'masked - ceiling:\n%+.4f RMSE\n(mean over seeds)' % gap['mean'],
                 transform=ax.transAxes, ha='right', va='center', fontsize=8)
     ax.grid(True, axis='x', which='both', ls=':', lw=0.5)
-    ax.legend(fontsize=7, loc='lower right')
 
 
 def _log_ticks(ax, lo, hi):
@@ -151,7 +152,7 @@ def _log_ticks(ax, lo, hi):
     from matplotlib.ticker import FixedLocator, NullFormatter
     ax.set_xscale('log')
     ax.set_xlim(lo, hi)
-    ticks = [v * 10.0 ** e for e in range(-3, 3) for v in (1, 1.5, 2, 3, 5, 7)]
+    ticks = [v * 10.0 ** e for e in range(-3, 3) for v in (1, 1.5, 2, 3, 4, 5, 7)]
     ticks = [v for v in ticks if lo <= v <= hi]
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.set_xticklabels(['%g' % v for v in ticks], fontsize=8)
@@ -166,8 +167,9 @@ def figure(report):
     colours = [plt.get_cmap('tab10')(i % 10) for i in range(len(report['per_seed']))]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.4),
                                       gridspec_kw={'width_ratios': [1.35, 1]})
-    title = ('did masked training reach the best new %s possible, with the old ones untouched?'
-             % ('rows' if report['mode'] == 'grow' else 'column'))
+    title = ('did masked training reach the best new %s possible, with the %s untouched?'
+             % (('rows', 'old ones') if report['mode'] == 'grow'
+                else ('column', 'other columns')))
     fig.suptitle('masked-opt demo on %s: %s' % (report['data']['source'].split(' (seed')[0],
                                                 title), fontsize=11)
     text, ok = _verdict(report)

@@ -12,6 +12,7 @@ machine); ``tests/test_readme_block.py`` runs the check.
 import contextlib
 import io
 import json
+import os
 import pathlib
 import re
 import sys
@@ -96,11 +97,13 @@ def _how_long(text):
         return 'How long: see the wall-time line at the end of the output below.'
     from .run import RETRAIN_WDS
     trainings = 2 * len(RETRAIN_WDS) + 1      # old model and full retrain per wd, masked phase
+    # The machine it ran on: a busy one (other work on the cores) takes several times longer.
+    cores, load = os.cpu_count(), os.getloadavg()[0] if hasattr(os, 'getloadavg') else None
+    where = '%s cores%s' % (cores, '' if load is None else ', load average %.1f' % load)
     return ('How long: the default run (%s seeds, %d trainings each) took %s s when the output '
-            'below was generated, on a 2-core machine; `masked-opt demo --seeds 1` gives a '
-            'quick look in about a third of that (%.0f s). The progress bar shows the seed, '
-            'the stage and the time left.' % (seeds.group(1), trainings, whole.group(2),
-                                              float(whole.group(1))))
+            'below was generated (%s); `masked-opt demo --seeds 1` gives a quick look in about '
+            'a third of that (%.0f s). The progress bar shows the seed, the stage and the time '
+            'left.' % (seeds.group(1), trainings, whole.group(2), where, float(whole.group(1))))
 
 
 def blocks(text):
