@@ -24,8 +24,8 @@ Refusing, not normalising: a repeated id has no single meaning (MXNet's kernels 
 first or the last, depending on the operator), and sorting on the native path would cost a
 pass per step for every well-formed gradient.
 
-Examples
---------
+For example:
+
 >>> import numpy as np
 >>> check_row_ids(np.array([1, 4, 7]), 10, 'emb_weight')
 >>> try:

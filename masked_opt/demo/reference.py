@@ -17,8 +17,8 @@ Floors
     :func:`global_mean` and the regularised bias-only model ``mu + b_u + b_i``
     (:func:`bias_only`): what a model with no latent factors scores on the same pairs.
 
-Examples
---------
+For example:
+
 >>> import numpy as np
 >>> from masked_opt.demo.data import Ratings
 >>> from masked_opt.demo.reference import fold_in, objective
