@@ -237,14 +237,19 @@ class Masked(ForwardsToBase, mx_opt.Optimizer):
         rows, cols = mask.resolve(weight.shape, name)
         return self.build_plan(weight, rows, cols, name)
 
-    @staticmethod
-    def build_plan(weight, rows, cols, name=None):
+    #: Extra keywords of every :class:`~masked_opt.update.BlockPlan` made (a subclass may set
+    #: ``{'slices': False}`` to compare layouts).
+    plan_options = {}
+
+    @classmethod
+    def build_plan(cls, weight, rows, cols, name=None):
         """The one place plans are made: a :class:`~masked_opt.update.BlockPlan` of ``weight``
         (parameter ``name``, for messages) for row and column scales ``rows``, ``cols`` (None:
         all ones); None when both are None (the wrapped optimizer alone)."""
         if rows is None and cols is None:
             return None
-        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype, name=name)
+        return BlockPlan(weight.shape, rows, cols, weight.context, weight.dtype, name=name,
+                         **cls.plan_options)
 
     def replace_base(self, base):
         """Wrap ``base`` from now on (a state file's optimizer); plans are made again."""

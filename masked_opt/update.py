@@ -61,6 +61,10 @@ class BlockPlan:
         dtype of the weight; fractional scales are stored in it.
     name : str, optional
         The parameter's name, for error messages.
+    slices : bool, default True
+        Read and write a block of contiguous rows and columns through slices (and an aligned
+        column group through its reshaped view). False takes index arrays for every block:
+        the layout the slices are tested against (same bits).
 
     Examples
     --------
@@ -72,8 +76,9 @@ class BlockPlan:
     [[4.0, 5.0], [6.0, 7.0]]
     """
 
-    def __init__(self, shape, rows, cols, ctx, dtype, name=None):
+    def __init__(self, shape, rows, cols, ctx, dtype, name=None, slices=True):
         self.shape = tuple(shape)
+        contiguous = _contiguous if slices else (lambda ids: False)
         self.name = name
         self.ctx = ctx
         n_rows = self.shape[0]
@@ -101,7 +106,7 @@ class BlockPlan:
         self._cache = {}
         # Contiguous rows and columns: slice / _slice_assign, no index arrays (see module doc).
         self._slice = None
-        if _contiguous(row_ids) and (col_ids is None or _contiguous(col_ids)):
+        if contiguous(row_ids) and (col_ids is None or contiguous(col_ids)):
             begin, end = (int(row_ids[0]),), (int(row_ids[-1]) + 1,)
             # Rows only: slice axis 0 alone, so that a state with one entry per row (shape
             # (V, 1), GroupAdaGrad) is cut like the weight.
@@ -110,7 +115,7 @@ class BlockPlan:
             self._slice = (begin, end)
         # One aligned group of k columns of a 2-D weight: (c0 / k, D / k, k), see group_view().
         self.group = None
-        if (len(self.shape) == 2 and not self.all_cols and _contiguous(col_ids)
+        if (len(self.shape) == 2 and not self.all_cols and contiguous(col_ids)
                 and int(col_ids[0]) % col_ids.size == 0 and self.shape[1] % col_ids.size == 0):
             k = col_ids.size
             self.group = (int(col_ids[0]) // k, self.shape[1] // k, k)
@@ -118,7 +123,7 @@ class BlockPlan:
                             else _index_dtype(n_rows * self.group[1]))
         self._take_cols = None if self.all_cols else upload(col_ids)  # also for sparse steps
         # A contiguous column range is cut from whole rows with slice_axis (take_cols).
-        self._col_range = (None if self.all_cols or not _contiguous(col_ids)
+        self._col_range = (None if self.all_cols or not contiguous(col_ids)
                            else (int(col_ids[0]), int(col_ids[-1]) + 1))
         self._take_rows = self._scatter_index = self._group_ids = None
         if self.group is not None and not self.empty:

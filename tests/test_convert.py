@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from models import forum_mf, mf_iter, ratings
 
 import masked_opt as mo
-from masked_opt import native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NU, NI, D, B = 30, 60, 8, 16
@@ -37,12 +36,8 @@ OPTS = {'sgd': {'learning_rate': 0.1, 'momentum': 0.9, 'wd': 1e-3},
         'adam': {'learning_rate': 0.01}}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def lib():
-    if not native.available():
-        if os.environ.get('MASKED_OPT_REQUIRE_NATIVE') == '1':
-            pytest.fail('native library not available: %s' % native.status().reason)
-        pytest.skip('native library not available: %s' % native.status().reason)
+# Every test needs the native library (conftest's `lib`: a skip, or a failure in CI).
+pytestmark = pytest.mark.usefixtures('lib')
 
 
 def ops(sym):

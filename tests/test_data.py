@@ -46,6 +46,7 @@ def test_load_ratings_reads_movielens_formats(tmp_path, sep):
     ('12345678901234567890\t2\t3\t4', r':3: user id 12345678901234567890 does not fit a '
      r'64-bit integer \(expected -2\*\*63 to 2\*\*63 - 1\); renumber the ids'),
     ('1\t-9223372036854775809\t3\t4', r':3: item id -9223372036854775809 does not fit'),
+    ('1' * 5000 + '\t2\t3\t4', r':3: user id 1{40} does not fit'),  # int() refuses 4300+ digits
     ('1\t2\t3\t99999999999999999999', r':3: timestamp 99999999999999999999 does not fit a '
      r'64-bit integer .* seconds since 1970'),
     # Finite but huge (training overflowed and blamed the embedding before), or a timestamp in
@@ -66,10 +67,10 @@ def test_load_ratings_malformed_line_names_its_number(tmp_path, bad_line, match)
 def test_load_ratings_accepts_the_edges_of_its_ranges(tmp_path):
     lines = movielens_lines().splitlines()
     lines[0] = '9223372036854775807\t-9223372036854775808\t1e6\t-9223372036854775808'
-    lines[1] = '+7\t8\t-1E+6\t9223372036854775807\r'        # a sign, CRLF line ending
+    lines[1] = '+7\t-%s8\t-1E+6\t9223372036854775807\r' % ('0' * 30)  # sign, zeros, CRLF
     path = write(tmp_path, '\ufeff' + '\n'.join(lines))  # a byte-order mark (Excel) is no data
     raw = load_ratings(path)
-    assert raw.user[:2].tolist() == [2 ** 63 - 1, 7] and raw.item[0] == -2 ** 63
+    assert raw.user[:2].tolist() == [2 ** 63 - 1, 7] and raw.item[:2].tolist() == [-2 ** 63, -8]
     assert raw.rating[:2].tolist() == [1e6, -1e6]
     assert raw.timestamp[:2].tolist() == [-2 ** 63, 2 ** 63 - 1]
 
@@ -82,6 +83,24 @@ def test_line_numbers_are_the_editors(tmp_path):
     lines[4] = '1\t2\t3'
     with pytest.raises(DataError, match=r'u\.data:5: expected 4 fields'):
         load_ratings(write(tmp_path, '\n'.join(lines)))
+
+
+def test_a_lone_carriage_return_does_not_end_a_line(tmp_path):
+    # Python's text files end a line there (universal newlines), `sed` and the line numbers in
+    # messages do not: an old-Mac line ending is a line with too many fields, said so.
+    lines = movielens_lines().splitlines()
+    lines[1] = lines[1] + '\r' + lines[2]
+    with pytest.raises(DataError, match=r'u\.data:2: expected 4 fields .* received 7: .* \(a '
+                       r'carriage return inside the line: lines must end with a newline'):
+        load_ratings(write(tmp_path, '\n'.join(lines)))
+
+
+def test_a_cut_off_byte_order_mark_is_not_an_empty_file(tmp_path):
+    # Python's utf-8-sig text reader returns '' for these bytes; they are not UTF-8 text.
+    for blob in (b'\xef', b'\xef\xbb'):
+        (tmp_path / 'cut.data').write_bytes(blob)
+        with pytest.raises(DataError, match='not a text file'):
+            load_ratings(str(tmp_path / 'cut.data'))
 
 
 def test_load_ratings_missing_short_and_binary_files(tmp_path):

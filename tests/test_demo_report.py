@@ -10,8 +10,7 @@ import pytest
 import masked_opt.demo as demo
 from masked_opt.demo import reference as ref
 from masked_opt.demo.model import BOOK, MEMBER
-from masked_opt.demo.report import FEW_RATINGS, few_ratings, format_report, summarize
-from masked_opt.demo.run import gap
+from masked_opt.demo.report import FEW_RATINGS, few_ratings, format_report, gap, summarize
 from masked_opt.demo.synthetic import synthetic_split
 
 SETTINGS = dict(epochs=1, new_epochs=2, batch_size=64)

@@ -20,19 +20,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mxnet import autograd
 
-from masked_opt import native
-
 ID_DTYPES = ['float32', 'float64', 'float16', 'uint8', 'int8', 'int32', 'int64']
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module', autouse=True)
-def lib():
-    """Skip (or, with MASKED_OPT_REQUIRE_NATIVE=1, fail) when the native ops are unavailable."""
-    if not native.available():
-        if os.environ.get('MASKED_OPT_REQUIRE_NATIVE') == '1':
-            pytest.fail('native library not available: %s' % native.status().reason)
-        pytest.skip('native library not available: %s' % native.status().reason)
+# Every test needs the native library (conftest's `lib`: a skip, or a failure in CI).
+pytestmark = pytest.mark.usefixtures('lib')
 
 
 def random_bits(rng, shape, dtype):

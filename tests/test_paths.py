@@ -85,13 +85,19 @@ def _dense(ids, values, shape):
     return mx.nd.array(out)
 
 
-def run(name, kwargs, mask, w0, grads, grad_stype, full_state=False):
+class IndexedMasked(mo.Masked):
+    """Plans that take and scatter through index arrays even where slices would do."""
+
+    plan_options = {'slices': False}
+
+
+def run(name, kwargs, mask, w0, grads, grad_stype, full_state=False, masked=mo.Masked):
     """Train with the masked optimizer through MXNet's Updater; return weight and states.
 
     ``full_state``: the state is the wrapped optimizer's own for the whole weight (as after
     unmasked warm-up steps), handed to the updater before the first step.
     """
-    opt = mo.Masked(base=name, masks={NAME: mask}, param_idx2name={0: NAME}, **kwargs)
+    opt = masked(base=name, masks={NAME: mask}, param_idx2name={0: NAME}, **kwargs)
     weight = mx.nd.array(w0)
     updater = mx.optimizer.get_updater(opt)
     if full_state:
@@ -185,7 +191,7 @@ def test_sparse_batch_with_every_trainable_row_equals_dense(name, config):
     pytest.param('rmsprop', {'centered': True}, id='rmsprop-centered'),
     pytest.param('lamb', {}, id='lamb'),
 ])
-def test_slice_path_equals_index_path(name, config, monkeypatch):
+def test_slice_path_equals_index_path(name, config):
     """Contiguous masks (slice/_slice_assign) == the same masks forced through take/scatter."""
     @settings(max_examples=_examples(4))
     @given(problem=problems(contiguous_only=True), grad_stype=st.sampled_from(
@@ -195,9 +201,7 @@ def test_slice_path_equals_index_path(name, config, monkeypatch):
         w0, grads = _data(shape, steps, seed)
         kwargs = dict(config, **hyper)
         sliced = run(name, kwargs, mask, w0, grads, grad_stype)
-        with monkeypatch.context() as patch:
-            patch.setattr(update_module, '_contiguous', lambda ids: False)
-            indexed = run(name, kwargs, mask, w0, grads, grad_stype)
+        indexed = run(name, kwargs, mask, w0, grads, grad_stype, masked=IndexedMasked)
         _same(sliced, indexed, 'index path vs slice path')
     check()
 
@@ -212,6 +216,12 @@ def test_slice_path_is_taken_for_contiguous_masks():
     assert plan(mo.train_rows_from(3) & mo.train_cols([3]))._slice == ((3, 3), (6, 4))
     assert plan(mo.freeze_rows([2]))._slice is None
     assert plan(mo.train_cols([0, 2]))._slice is None
+    # The layout test_slice_path_equals_index_path compares against (IndexedMasked) keeps
+    # index arrays where the default slices.
+    rows, _ = mo.train_rows_from(2).resolve((6, 4), NAME)
+    assert plan(mo.train_rows_from(2)).index_arrays() == []
+    assert update_module.BlockPlan((6, 4), rows, None, mx.cpu(), np.float32,
+                                   slices=False).index_arrays()
     # No index arrays are kept for a sliced plan (memory follows the block, not the table).
     assert plan(mo.train_cols([1, 2]))._scatter_index is None
 

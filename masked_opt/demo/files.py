@@ -68,8 +68,10 @@ def load_ratings(path):
     (25, [1, 1, 1], [3.0, 4.0, 5.0])
     """
     try:
-        with open(path, encoding='utf-8-sig') as f:   # -sig: a byte-order mark is not data
-            text = f.read()
+        with open(path, 'rb') as f:
+            # Decoded here, not by a text-mode file: that would end lines at a lone '\r', and
+            # its utf-8-sig reader takes a file holding a cut-off byte-order mark for empty.
+            text = f.read().decode('utf-8').removeprefix('\ufeff')   # a BOM is not data
     except OSError as err:
         raise DataError('cannot read ratings file %s: %s' % (path, err.strerror or err)) \
             from None
@@ -77,8 +79,8 @@ def load_ratings(path):
         raise DataError('%s is not a text file (expected UTF-8 lines user<TAB>item<TAB>'
                         'rating<TAB>timestamp)' % path) from None
     users, items, values, times = [], [], [], []
-    # Lines end at '\n' only (not at str.splitlines' other separators), so the line numbers
-    # in messages are those an editor or `sed -n Np` shows.
+    # Lines end at '\n' only (not at a lone '\r' or str.splitlines' other separators), so the
+    # line numbers in messages are those `sed -n Np` or an editor shows.
     for number, line in enumerate(text.split('\n'), start=1):
         user, item, value, stamp = _parse_line(line, path, number)
         if user is None:
@@ -101,6 +103,12 @@ _RENUMBER = 'renumber the ids (0, 1, 2, ...) or hash them to at most 18 digits'
 _MAX_TEXT = ('%g' % MAX_RATING).replace('e+0', 'e').replace('e+', 'e')   # 1e6, not 1e+06
 
 
+def _integer(text):
+    """``int(text)``, or None when it has more than 19 digits (beyond int64 anyway; Python
+    refuses to convert more than 4300 with a ValueError of its own)."""
+    return None if len(text.lstrip('+-').lstrip('0')) > 19 else int(text)
+
+
 def _parse_line(line, path, number):
     """``(user, item, rating, timestamp)`` of one line, ``(None,) * 4`` for a blank one.
 
@@ -115,16 +123,19 @@ def _parse_line(line, path, number):
     where = '%s:%d' % (path, number)
     if len(fields) != 4:
         raise DataError('%s: expected 4 fields user<TAB>item<TAB>rating<TAB>timestamp, '
-                        'received %d: %r' % (where, len(fields), line[:80]))
+                        'received %d: %r%s' % (where, len(fields), line[:80], (
+                            ' (a carriage return inside the line: lines must end with a '
+                            'newline, e.g. dos2unix or mac2unix the file)') if '\r' in line
+                            else ''))
     if not all(_INTEGER.match(fields[k]) for k in (0, 1, 3)):
         raise DataError('%s: expected integer user id, item id and timestamp, received %r'
                         % (where, line[:80]))
-    user, item, stamp = int(fields[0]), int(fields[1]), int(fields[3])
+    user, item, stamp = (_integer(fields[k]) for k in (0, 1, 3))
     for what, text, value, fix in (('user id', fields[0], user, _RENUMBER),
                                    ('item id', fields[1], item, _RENUMBER),
                                    ('timestamp', fields[3], stamp, 'a timestamp counts seconds '
                                     'since 1970 (e.g. 881250949): check the column order')):
-        if not _INT64[0] <= value <= _INT64[1]:
+        if value is None or not _INT64[0] <= value <= _INT64[1]:
             raise DataError('%s: %s %s does not fit a 64-bit integer (expected -2**63 to '
                             '2**63 - 1); %s' % (where, what, text[:40], fix))
     value = float(fields[2]) if _NUMBER.match(fields[2]) else math.nan

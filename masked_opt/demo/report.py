@@ -13,7 +13,7 @@ import numpy as np
 
 from .data import PAIR_TYPES
 
-__all__ = ['summarize', 'format_report', 'native_line', 'few_ratings', 'MODEL_LABELS',
+__all__ = ['summarize', 'format_report', 'native_line', 'gap', 'few_ratings', 'MODEL_LABELS',
            'FEW_RATINGS']
 
 #: Fewest ratings behind a figure before the text report flags it: the test ratings behind
@@ -35,6 +35,31 @@ _LATENT_LABELS = dict(MODEL_LABELS, init='new column at init',
                       masked='masked training (only the new column trains)',
                       ceiling='ceiling: best new column, other columns frozen')
 _SKIP = ('curves', 'settings', 'data', 'seed', 'mode', 'ok', 'plot')
+
+
+def gap(objective, rmse_of):
+    """Masked training vs the ceiling: objective in percent of the ceiling's, and RMSE.
+
+    ``objective_percent`` is ``100 * (masked - ceiling) / ceiling``. A ceiling whose objective
+    is 0 fits the training ratings exactly (every rating equal, say): no relative gap exists,
+    so the percent is None (0.0 when masked training is exact too), and ``objective``, the
+    absolute difference, is the figure to read.
+
+    Examples
+    --------
+    >>> from masked_opt.demo.report import gap
+    >>> gap({'masked': 1.5, 'ceiling': 1.0}, {'masked': 0.9, 'ceiling': 0.8})['objective_percent']
+    50.0
+    >>> gap({'masked': 2e-6, 'ceiling': 0.0}, {'masked': 1e-4, 'ceiling': 0.0})['objective_percent']
+    """
+    diff = objective['masked'] - objective['ceiling']
+    if objective['ceiling'] > 0:
+        percent = 100.0 * diff / objective['ceiling']
+    else:
+        percent = 0.0 if diff == 0 else None
+    masked, ceiling = rmse_of['masked'], rmse_of['ceiling']
+    return {'objective_percent': percent, 'objective': diff,
+            'rmse': None if masked is None or ceiling is None else masked - ceiling}
 
 
 def _leaves(tree, prefix=''):

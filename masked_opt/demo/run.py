@@ -32,9 +32,9 @@ from . import reference as ref
 from .data import PAIR_TYPES, Ratings, pair_types, validation_split
 from .model import BOOK, MEMBER, DemoError, fit, rmse
 from .progress import Progress
+from .report import gap
 
-__all__ = ['run_demo', 'planned_batches', 'frozen_changed', 'gap', 'RETRAIN_WDS',
-           'DEMO_DEFAULTS']
+__all__ = ['run_demo', 'planned_batches', 'frozen_changed', 'RETRAIN_WDS', 'DEMO_DEFAULTS']
 
 #: ``wd`` values tried for the old model and the full retrain (epochs chosen alongside).
 RETRAIN_WDS = (0.0, 1e-4, 1e-3)
@@ -61,31 +61,6 @@ def frozen_changed(before, after):
         return int(before.size)
     view = {2: np.uint16, 4: np.uint32, 8: np.uint64}[before.dtype.itemsize]
     return int(np.count_nonzero(before.view(view) != after.view(view)))
-
-
-def gap(objective, rmse_of):
-    """Masked training vs the ceiling: objective in percent of the ceiling's, and RMSE.
-
-    ``objective_percent`` is ``100 * (masked - ceiling) / ceiling``. A ceiling whose objective
-    is 0 fits the training ratings exactly (every rating equal, say): no relative gap exists,
-    so the percent is None (0.0 when masked training is exact too), and ``objective``, the
-    absolute difference, is the figure to read.
-
-    Examples
-    --------
-    >>> from masked_opt.demo.run import gap
-    >>> gap({'masked': 1.5, 'ceiling': 1.0}, {'masked': 0.9, 'ceiling': 0.8})['objective_percent']
-    50.0
-    >>> gap({'masked': 2e-6, 'ceiling': 0.0}, {'masked': 1e-4, 'ceiling': 0.0})['objective_percent']
-    """
-    diff = objective['masked'] - objective['ceiling']
-    if objective['ceiling'] > 0:
-        percent = 100.0 * diff / objective['ceiling']
-    else:
-        percent = 0.0 if diff == 0 else None
-    masked, ceiling = rmse_of['masked'], rmse_of['ceiling']
-    return {'objective_percent': percent, 'objective': diff,
-            'rmse': None if masked is None or ceiling is None else masked - ceiling}
 
 
 def _rows_changed(before, after):
