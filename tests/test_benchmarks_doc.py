@@ -88,6 +88,14 @@ def test_summary_quotes_the_run(page):
         min(sparse_split), max(sparse_split)) in summary
     worst = [re.match(r'worst ([0-9.]+);', row[1]).group(1) for row in page['targets'][1:7]]
     assert 'sparse; worst %s)' % ', '.join(worst) in summary
+    # The summary states the six sparse verdicts as the pasted run has them.
     verdicts = {row[0]: row[2] for row in page['targets'][1:]}
-    assert all(verdicts[t] == 'met' for t in list(verdicts)[:6]), verdicts   # "every target holds"
-    assert 'Sparse gradients: every target holds' in summary
+    held = sum(verdicts[t] == 'met' for t in list(verdicts)[:6])
+    if held == 6:
+        assert 'Sparse gradients: every target holds' in summary
+    else:
+        assert 'Sparse gradients: %d of 6 targets hold in this run' % held in summary
+        assert 'every target holds' not in summary
+    # The dense latent split's verdict, quoted likewise.
+    split_verdict = next(v for t, v in verdicts.items() if t.startswith('latent split dense'))
+    assert ('target 0.8x met' in summary) == (split_verdict == 'met')
