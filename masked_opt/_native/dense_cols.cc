@@ -65,6 +65,8 @@
 #include "mshadow/base.h"     // mshadow::half::half_t, as MXNet 1.9.1 computes float16
 #include "dmlc/strtonum.h"    // dmlc::stof, as MXNet 1.9.1 parses float parameters
 #include "mxnet/lib_api.h"
+
+#include "attrs.h"
 #if defined(__x86_64__) && defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -75,6 +77,7 @@ using mshadow::half::half_t;
 namespace {
 
 typedef std::unordered_map<std::string, std::string> Attrs;
+using masked_opt_native::get_index;
 typedef std::vector<std::vector<unsigned int> > Shapes;
 
 const char* kOp = "masked_opt_dense_cols";
@@ -172,25 +175,6 @@ int find_kernel(const Attrs& attrs) {
   return -1;
 }
 
-bool get_int(const Attrs& attrs, const char* key, int64_t* out) {
-  auto it = attrs.find(key);
-  if (it == attrs.end()) {
-    MX_ERROR_MSG << kOp << ": missing integer attribute '" << key << "'";
-    return false;
-  }
-  const char* s = it->second.c_str();
-  char* end = nullptr;
-  errno = 0;
-  long long v = std::strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < 0) {
-    MX_ERROR_MSG << kOp << ": attribute '" << key << "' must be an integer >= 0, got '"
-                 << it->second << "'";
-    return false;
-  }
-  *out = static_cast<int64_t>(v);
-  return true;
-}
-
 // A float field of an MXNet parameter struct (dmlc FieldEntry<float>::Set): dmlc::stof, and
 // every character must be used.
 bool get_stof(const Attrs& attrs, const char* key, float dflt, bool required, float* out) {
@@ -271,8 +255,8 @@ struct Range {
 };
 
 bool parse_range(const Attrs& attrs, Range* r) {
-  if (!get_int(attrs, "lo", &r->lo) || !get_int(attrs, "hi", &r->hi) ||
-      !get_int(attrs, "c0", &r->c0) || !get_int(attrs, "c1", &r->c1))
+  if (!get_index(attrs, kOp, "lo", &r->lo) || !get_index(attrs, kOp, "hi", &r->hi) ||
+      !get_index(attrs, kOp, "c0", &r->c0) || !get_index(attrs, kOp, "c1", &r->c1))
     return false;
   if (r->lo >= r->hi || r->c0 >= r->c1) {
     MX_ERROR_MSG << kOp << ": need lo < hi and c0 < c1, got lo=" << r->lo << " hi=" << r->hi

@@ -41,6 +41,8 @@
 
 #include "mxnet/lib_api.h"
 
+#include "attrs.h"
+
 using namespace mxnet::ext;
 
 // Bump on every change of an operator's name, signature or semantics: the Python loader
@@ -56,25 +58,7 @@ namespace {
 typedef std::unordered_map<std::string, std::string> Attrs;
 typedef std::vector<std::vector<unsigned int> > Shapes;
 
-// Parse attribute `key` as a non-negative integer; false (with a message) if absent or bad.
-bool get_index(const Attrs& attrs, const char* op, const char* key, int64_t* out) {
-  auto it = attrs.find(key);
-  if (it == attrs.end()) {
-    MX_ERROR_MSG << op << ": missing integer attribute '" << key << "'";
-    return false;
-  }
-  const char* s = it->second.c_str();
-  char* end = nullptr;
-  errno = 0;
-  long long v = std::strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < 0) {
-    MX_ERROR_MSG << op << ": attribute '" << key << "' must be an integer >= 0, got '"
-                 << it->second << "'";
-    return false;
-  }
-  *out = static_cast<int64_t>(v);
-  return true;
-}
+using masked_opt_native::get_index;
 
 bool is_float_type(int t) { return t == kFloat16 || t == kFloat32 || t == kFloat64; }
 

@@ -1,0 +1,40 @@
+// Attribute parsing shared by the operators of masked_opt's native library (ops.cc,
+// dense_cols.cc). MXNet hands a library operator its attributes as strings.
+#ifndef MASKED_OPT_NATIVE_ATTRS_H_
+#define MASKED_OPT_NATIVE_ATTRS_H_
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <unordered_map>
+
+#include "mxnet/lib_api.h"
+
+namespace masked_opt_native {
+
+// Parse attribute `key` as a non-negative integer; false (with a message naming `op`) if it
+// is absent or not a plain decimal integer >= 0.
+inline bool get_index(const std::unordered_map<std::string, std::string>& attrs,
+                      const char* op, const char* key, int64_t* out) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    MX_ERROR_MSG << op << ": missing integer attribute '" << key << "'";
+    return false;
+  }
+  const char* s = it->second.c_str();
+  char* end = nullptr;
+  errno = 0;
+  long long v = std::strtoll(s, &end, 10);
+  if (errno != 0 || end == s || *end != '\0' || v < 0) {
+    MX_ERROR_MSG << op << ": attribute '" << key << "' must be an integer >= 0, got '"
+                 << it->second << "'";
+    return false;
+  }
+  *out = static_cast<int64_t>(v);
+  return true;
+}
+
+}  // namespace masked_opt_native
+
+#endif  // MASKED_OPT_NATIVE_ATTRS_H_
