@@ -16,7 +16,6 @@ has its own optimizer. Peak RSS: one fresh process per model (plain Adam at 10M)
 Run: ``python -m benchmarks.scale [--quick]`` (about 2-3 minutes; ``--quick`` seconds).
 """
 import argparse
-import itertools
 import json
 
 import mxnet as mx
@@ -32,7 +31,7 @@ from .harness import (
     table,
 )
 from .models import DATA_NAMES, LABEL_NAMES, batches, forum_mf
-from .training import OPTIMIZERS, n_old
+from .training import OPTIMIZERS, n_old, stepper
 
 FULL = {'users': 100_000, 'small': 100_000, 'large': 10_000_000, 'dim': 16, 'batch': 1024,
         'rounds': 7, 'min_seconds': 0.25, 'opts': ('adam', 'sgd')}
@@ -75,17 +74,8 @@ def _models(cfg, size):
                 'book_embedding_weight': mo.train_rows_from(n_old(n))})
         mod.init_optimizer(kvstore='local', optimizer='masked' if method == 'rows' else opt,
                            optimizer_params=params)
-        steps[_key(opt, method, size, converted)] = _stepper(mod, data)
+        steps[_key(opt, method, size, converted)] = stepper(mod, data)
     return steps
-
-
-def _stepper(mod, data):
-    cycle = itertools.cycle(data)
-
-    def step():
-        mod.forward_backward(next(cycle))
-        mod.update()
-    return step
 
 
 def lookup_step(rows, dim, batch, converted):
@@ -217,7 +207,7 @@ def _child(cfg):
              [(lb, (cfg['batch'],)) for lb in LABEL_NAMES])
     mod.init_params(mx.init.Uniform(0.1))
     mod.init_optimizer(kvstore='local', optimizer='adam', optimizer_params=OPTIMIZERS['adam'])
-    step = _stepper(mod, batches(cfg['users'], n, cfg['batch'], 4))
+    step = stepper(mod, batches(cfg['users'], n, cfg['batch'], 4))
     for _ in range(5):
         step()
     mx.nd.waitall()

@@ -143,10 +143,12 @@ def build(methods, opt, n, dim, batch=1024, n_batches=8, seed=0):
                                optimizer_params=dict(params, base=opt, masks=masks))
             if method.endswith('_pure'):
                 mod._optimizer.step_path = 'pure'
-    return {method: _stepper(mod, data) for method, mod in mods.items()}
+    return {method: stepper(mod, data) for method, mod in mods.items()}
 
 
-def _stepper(mod, data):
+def stepper(mod, data):
+    """A function that trains ``mod`` one step (``forward_backward`` + ``update``) on the next
+    batch of ``data``, cycling through it."""
     cycle = itertools.cycle(data)
 
     def step():
