@@ -63,6 +63,11 @@ def targets(out):
                  'cols_sparse', 'split_sparse', 0.95, big),
                 ('latent split dense >= 0.8x split-embedding (A) dense at d = 64', 'cols',
                  'split', 0.8, big),
+                # The in-place column update against the copy-out/copy-back path it replaced.
+                ('latent split dense >= 1.0x the pure dense path at d = 8', 'cols',
+                 'cols_pure', 1.0, small),
+                ('latent split dense >= 1.15x the pure dense path at d = 64', 'cols',
+                 'cols_pure', 1.15, big),
                 ('new rows dense >= 1.4x plain dense (no regression)', 'rows', 'plain', 1.4,
                  None),
                 ('>= 10x the one_hot workaround at 100k (masked rows, sparse)', 'rows_sparse',

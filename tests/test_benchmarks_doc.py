@@ -64,6 +64,10 @@ def test_targets_table_follows_from_the_ratio_table(page):
     ratios = _by_setting(page['ratios'])
     checks = {'new rows dense >= 1.4x plain dense': ('rows dense / plain', 1.4, None),
               'latent split dense >= 0.8x': ('cols dense / (A) dense', 0.8, '64'),
+              'latent split dense >= 1.0x the pure dense path at d = 8':
+                  ('cols dense / pure dense path', 1.0, '8'),
+              'latent split dense >= 1.15x the pure dense path at d = 64':
+                  ('cols dense / pure dense path', 1.15, '64'),
               'new rows sparse >= 1.05x plain sparse at d = 64':
                   ('rows sparse / plain sparse', 1.05, '64')}
     for row in page['targets'][1:]:
