@@ -5,8 +5,11 @@ compiler directly (``$CXX``, default ``g++``) against the headers of the mxnet w
 build environment (``[build-system] requires`` has ``mxnet==1.9.1``):
 
     $CXX -std=c++11 -shared -fPIC -O2 -ffp-contract=off -Wl,-Bsymbolic -I <mxnet>/include
-         ops.cc dense_cols.cc lookup.cc <mxnet>/src/lib_api.cc
+         -I <mxnet>/src ops.cc dense_cols.cc lookup.cc error_messages.cc mxnet_lib_api.cc
          -o masked_opt/_native/libmasked_opt_ops.so
+
+(``mxnet_lib_api.cc`` compiles the wheel's ``src/lib_api.cc`` with its error-message store
+replaced by ``error_messages.cc``'s; see there why.)
 
 If there is no compiler, no mxnet headers, or the compilation fails, the install still
 succeeds without the library (one warning line; masked_opt then uses its pure-Python path,
@@ -32,9 +35,12 @@ except ImportError:  # pragma: no cover - depends on the build environment
 
 LIB_NAME = 'masked_opt._native.libmasked_opt_ops'
 # One library from every source: ops.cc (the masked update's block ops), dense_cols.cc (the
-# dense column-block update), lookup.cc (the O(batch) embedding lookup).
+# dense column-block update), lookup.cc (the O(batch) embedding lookup), error_messages.cc
+# (the messages of failed calls, handed to MXNet once) and mxnet_lib_api.cc (MXNet's
+# src/lib_api.cc, less the message store error_messages.cc replaces).
 SOURCES = [os.path.join('masked_opt', '_native', name)
-           for name in ('ops.cc', 'dense_cols.cc', 'lookup.cc')]
+           for name in ('ops.cc', 'dense_cols.cc', 'lookup.cc', 'error_messages.cc',
+                        'mxnet_lib_api.cc')]
 
 
 def _mxnet_root():
@@ -89,8 +95,8 @@ class BuildNative(build_ext):
         # -ffp-contract=off: no fused multiply-add, ever (dense_cols.cc reproduces MXNet's
         # kernels bit for bit, and the wheel's kernels round every product).
         cmd = cxx + ['-std=c++11', '-shared', '-fPIC', '-O2', '-ffp-contract=off',
-                     '-Wl,-Bsymbolic', '-I', include] + \
-            list(ext.sources) + [lib_api, '-o', out]
+                     '-Wl,-Bsymbolic', '-I', include, '-I', os.path.dirname(lib_api)] + \
+            list(ext.sources) + ['-o', out]
         print(' '.join(shlex.quote(c) for c in cmd))
         try:
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

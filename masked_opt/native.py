@@ -59,7 +59,7 @@ __all__ = ['ABI', 'LIB_NAME', 'LOOKUP_OP', 'Status', 'available', 'status', 'not
            'rsp_block', 'rsp_block_gather', 'scatter_rows', 'dense_cols']
 
 #: ABI version this module expects; ``masked_opt_ops_abi()`` in ops.cc must return it.
-ABI = 6
+ABI = 7
 #: File name of the library inside the package directory ``masked_opt/_native/``.
 LIB_NAME = 'libmasked_opt_ops.so'
 #: The embedding lookup's operator name (``mx.nd.masked_opt_lookup``; see masked_opt.convert).

@@ -74,9 +74,10 @@ print(json.dumps([code, text]))
 
 @pytest.mark.slow
 def test_readme_grow_howto_and_picture_match_the_demo_today(tmp_path):
-    # The demo runs in a process of its own, as `masked-opt demo` does: run inside the test
-    # session after most of the other test modules, its training grew to 24 GB of memory and
-    # the whole run was OOM-killed, while alone it peaks at 0.3 GB. Why is not known yet.
+    # The demo runs in a process of its own, as `masked-opt demo` does, so that nothing an
+    # earlier test left in the process can change what it prints. (It once grew to 24 GB
+    # inside the session: every native operator call re-read and leaked the messages of all
+    # refused calls before it. Fixed in the library; tests/test_native_errors.py.)
     proc = subprocess.run([sys.executable, '-c', _DEMO, str(tmp_path / 'demo.png')],
                           cwd=str(readme.ROOT), stdout=subprocess.PIPE, timeout=1800,
                           env=dict(os.environ, PYTHONPATH=str(readme.ROOT)),

@@ -47,7 +47,7 @@ using namespace mxnet::ext;
 
 // Bump on every change of an operator's name, signature or semantics: the Python loader
 // (masked_opt/native.py) refuses a library whose number differs from its own (a stale build).
-#define MASKED_OPT_OPS_ABI 6
+#define MASKED_OPT_OPS_ABI 7
 
 extern "C" __attribute__((visibility("default"))) int masked_opt_ops_abi() {
   return MASKED_OPT_OPS_ABI;
