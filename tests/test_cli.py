@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -177,9 +178,13 @@ def test_every_rating_equal_is_reported_not_a_zero_division(capsys, tmp_path):
     assert code == 0, err
     pytest.importorskip('matplotlib', reason='matplotlib is in the test extra')
     png = tmp_path / 'constant.png'
-    code, out, err = run(capsys, *TINY[10:], '--data', path, '--new-items', '0.2', '--plot',
-                         str(png))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        code, out, err = run(capsys, *TINY[10:], '--data', path, '--new-items', '0.2', '--plot',
+                             str(png))
     assert code == 0 and 'plot written to' in out, err
+    # RMSEs of 0 on a log axis made matplotlib warn "non-positive xlim ... ignored".
+    assert not [str(w.message) for w in caught if 'lim' in str(w.message)]
     assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 

@@ -11,7 +11,8 @@ One figure, every seed, drawn from the report's numbers only (nothing is recompu
   one line per seed from the initial rows (epoch 0), a dot at the epoch kept on validation
   (the report's ``gap.objective_percent``), the 1% line for reference;
 * right, **where each model lands on the test ratings**: RMSE per model and seed on a log
-  axis, from the new rows at init down to the ceiling, next to the full retrain and the floors.
+  axis (linear when an RMSE is 0, as when every rating is equal), from the new rows at init
+  down to the ceiling, next to the full retrain and the floors.
 
 :func:`figure` builds it (tests read its Axes), :func:`plot_report` writes it.
 """
@@ -135,9 +136,13 @@ def _rmse_panel(ax, report, colours):
             ax.axhspan(y[i] - 0.4, y[i] + 0.4, color='0.92', zorder=0)
     ax.set_yticks(y)
     ax.set_yticklabels([label for _, label in rows], fontsize=8)
-    _log_ticks(ax, min(values) / 1.2, max(values) * 1.2)
-    ax.set_xlabel('RMSE on the %stest ratings (log)'
-                  % ('new-pair ' if report['mode'] == 'grow' else ''))
+    log = min(values) > 0   # an RMSE of 0 (every rating equal, fitted exactly) has no log
+    if log:
+        _log_ticks(ax, min(values) / 1.2, max(values) * 1.2)
+    else:
+        ax.set_xlim(0, max(max(values) * 1.2, 1e-3))
+    ax.set_xlabel('RMSE on the %stest ratings%s'
+                  % ('new-pair ' if report['mode'] == 'grow' else '', ' (log)' if log else ''))
     gap = report['summary'].get('gap.rmse', {})
     ax.set_title('where each model lands on the test ratings (colours: seeds, as left)',
                  fontsize=10)
