@@ -1,31 +1,22 @@
 """The forum's model and its two workarounds, as the benchmarks build them.
 
-The same networks as ``tests/models.py`` (the test oracles), with a ``sparse_grad`` switch on
-every Embedding so that each method can be timed with dense and with row_sparse gradients.
-Kept here so that ``python -m benchmarks`` needs nothing from the test tree.
+The model itself is the package's (:func:`masked_opt.demo.model.forum_mf`, re-exported here).
+The workarounds are the same networks as ``tests/models.py`` (the test oracles), with a
+``sparse_grad`` switch on every Embedding so that each method can be timed with dense and with
+row_sparse gradients; they are kept here so that ``python -m benchmarks`` needs nothing from
+the test tree.
+
+>>> from benchmarks.models import forum_mf
+>>> sorted(forum_mf(10, 20, 4).list_arguments())
+['book', 'book_embedding_weight', 'label', 'member', 'member_embedding_weight']
 """
 import mxnet as mx
 import numpy as np
 
+from masked_opt.demo.model import forum_mf  # noqa: F401  (re-exported: the one definition)
+
 DATA_NAMES = ('member', 'book')
 LABEL_NAMES = ('label',)
-
-
-def forum_mf(n_users, n_items, dim, sparse_grad=False):
-    """The forum's matrix factorisation: ``1 - sum(user * book)`` against the label.
-
-    Examples
-    --------
-    >>> from benchmarks.models import forum_mf
-    >>> sorted(forum_mf(10, 20, 4).list_arguments())
-    ['book', 'book_embedding_weight', 'label', 'member', 'member_embedding_weight']
-    """
-    user = mx.sym.Embedding(mx.sym.Variable('member'), input_dim=n_users, output_dim=dim,
-                            name='member_embedding', sparse_grad=sparse_grad)
-    book = mx.sym.Embedding(mx.sym.Variable('book'), input_dim=n_items, output_dim=dim,
-                            name='book_embedding', sparse_grad=sparse_grad)
-    dot = 1 - mx.sym.Flatten(mx.sym.sum_axis(user * book, axis=1))
-    return mx.sym.LinearRegressionOutput(data=dot, label=mx.sym.Variable('label'))
 
 
 def split_embedding_mf(n_users, n_items, dim, n_train_cols, sparse_grad=False):

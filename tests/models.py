@@ -2,21 +2,14 @@
 import mxnet as mx
 import numpy as np
 
+from masked_opt.demo import model as demo_model
+
 
 def forum_mf(n_users, n_items, latent_dim=8, sparse_grad=False):
-    """The model from the forum thread, unchanged (optionally with row_sparse gradients)."""
-    y_true = mx.symbol.Variable('label')
-    user = mx.symbol.Variable('member')
-    user = mx.symbol.Embedding(name='member_embedding', data=user, input_dim=n_users,
-                               output_dim=latent_dim, sparse_grad=sparse_grad)
-    book = mx.symbol.Variable('book')
-    book = mx.symbol.Embedding(name='book_embedding', data=book, input_dim=n_items,
-                               output_dim=latent_dim, sparse_grad=sparse_grad)
-    dot = user * book
-    dot = mx.symbol.sum_axis(dot, axis=1)
-    dot = mx.symbol.Flatten(dot)
-    dot = 1 - dot
-    return mx.symbol.LinearRegressionOutput(data=dot, label=y_true)
+    """The model from the forum thread, unchanged (optionally with row_sparse gradients): the
+    package's one definition, :func:`masked_opt.demo.model.forum_mf`, at the tests' default
+    size."""
+    return demo_model.forum_mf(n_users, n_items, latent_dim, sparse_grad=sparse_grad)
 
 
 def split_embedding_mf(n_users, n_items, latent_dim=8, n_train_cols=1):

@@ -28,8 +28,18 @@ validation RMSE after every epoch (``curve``), the wall time of ``Module.fit``, 
 ``track(params)`` after every epoch when :func:`fit` was given one (else None)."""
 
 
-def forum_mf(n_users, n_items, latent_dim):
+def forum_mf(n_users, n_items, latent_dim, sparse_grad=False):
     """The forum's model, unchanged: ``LinearRegressionOutput(1 - <member, book>)``.
+
+    The one definition of it: the tests (``tests/models.py``) and the benchmarks
+    (``benchmarks/models.py``) build this function's network.
+
+    Parameters
+    ----------
+    n_users, n_items, latent_dim : int
+        Table sizes.
+    sparse_grad : bool
+        Row_sparse gradients for both Embeddings (the forum's model has dense ones).
 
     Examples
     --------
@@ -39,9 +49,11 @@ def forum_mf(n_users, n_items, latent_dim):
     """
     y_true = mx.symbol.Variable('label')
     user = mx.symbol.Embedding(name='member_embedding', data=mx.symbol.Variable('member'),
-                               input_dim=n_users, output_dim=latent_dim)
+                               input_dim=n_users, output_dim=latent_dim,
+                               sparse_grad=sparse_grad)
     book = mx.symbol.Embedding(name='book_embedding', data=mx.symbol.Variable('book'),
-                               input_dim=n_items, output_dim=latent_dim)
+                               input_dim=n_items, output_dim=latent_dim,
+                               sparse_grad=sparse_grad)
     dot = 1 - mx.symbol.Flatten(mx.symbol.sum_axis(user * book, axis=1))
     return mx.symbol.LinearRegressionOutput(data=dot, label=y_true)
 
