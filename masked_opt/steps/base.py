@@ -25,11 +25,14 @@ __all__ = ['Step', 'BlockStep', 'Unmasked', 'Prepared']
 
 class Prepared:
     """One parameter's part of an update call: the arrays the wrapped optimizer updates, and
-    :meth:`finish` to write a block back afterwards (``finish=None``: nothing to write)."""
+    :meth:`finish` to write a block back afterwards (``finish=None``: nothing to write).
+    ``stand_in``: the arrays are a one-row stand-in's, not the parameter's (see
+    :mod:`masked_opt.steps.stand_in`)."""
 
-    def __init__(self, index, weight, grad, state, finish):
+    def __init__(self, index, weight, grad, state, finish, stand_in=False):
         self.index, self.weight, self.grad, self.state = index, weight, grad, state
         self._finish = finish
+        self.stand_in = stand_in
 
     def finish(self, call=None):
         """Write the updated block back (after the wrapped optimizer ran).

@@ -98,7 +98,7 @@ class InPlaceCols(Step):
                                   self.c0, self.c1)
             else:
                 self._on_a_copy(kc, weight, grad, states)
-        return _AfterCall(index, w, g, s, finish)
+        return _AfterCall(index, w, g, s, finish, stand_in=True)
 
     def _on_a_copy(self, kc, weight, grad, states):
         """MXNet's own kernel on a gathered copy of the block, written back."""
