@@ -18,7 +18,9 @@ optimizer alone (contract C4). So the wrapped optimizer is called for the parame
 the same place of the call sequence and of the multi-tensor group, with a tiny stand-in: one
 row of zeros, a zero gradient and a state of its own made once. The result is discarded; the
 real weight and its state are never handed over, so frozen entries keep their bits (C1), and
-the cost is one row per step (C6).
+the cost is one row per step (C6). One exception to "the same group", for that cost:
+:func:`calls_apart` gives SGD's stand-ins a call of their own where no bit can change (MXNet's
+multi-tensor SGD kernels cost a one-row weight as much as the largest weight of its call).
 
 Exact for every optimizer MXNet 1.9.1 registers but one: SGLD adds Gaussian noise drawn from one
 shared stream, and how far the stream advances depends on the size of each draw. Matching it
