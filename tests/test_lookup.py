@@ -249,3 +249,15 @@ def test_gradient_is_batch_sized_at_ten_million_rows():
     out.backward()
     assert w.grad.indices.asnumpy().tolist() == [3, 9_999_999]
     assert as_bits(w.grad.data).tolist() == as_bits(np.array([[2, 2], [1, 1]], 'float32')).tolist()
+
+
+@pytest.mark.parametrize('attrs, message', [
+    (dict(input_dim=4), "missing integer attribute 'output_dim' (Embedding's)"),
+    (dict(input_dim=0, output_dim=3), "attribute 'input_dim' must be an integer in [1, 2^31), "
+                                      "got '0'"),
+    (dict(input_dim=4, output_dim='3x'), "attribute 'output_dim' must be an integer in "
+                                         "[1, 2^31), got '3x'")])
+def test_bad_dims_are_refused_naming_the_attribute(attrs, message):
+    with pytest.raises(mx.MXNetError) as err:
+        mx.nd.masked_opt_lookup(mx.nd.array([0]), mx.nd.zeros((4, 3)), **attrs)
+    assert 'masked_opt_lookup: ' + message in str(err.value)

@@ -42,6 +42,8 @@
 
 #include "mxnet/lib_api.h"
 
+#include "attrs.h"
+
 using namespace mxnet::ext;
 
 namespace {
@@ -52,23 +54,10 @@ typedef std::vector<std::vector<unsigned int> > Shapes;
 const char* kLookup = "masked_opt_lookup";
 
 // ------------------------------------------------------------------------ attributes
+// Embedding's input_dim / output_dim (MXNet's EmbeddingParam holds them as int).
 bool get_dim(const Attrs& attrs, const char* key, int64_t* out) {
-  auto it = attrs.find(key);
-  if (it == attrs.end()) {
-    MX_ERROR_MSG << kLookup << ": missing integer attribute '" << key << "' (Embedding's)";
-    return false;
-  }
-  const char* s = it->second.c_str();
-  char* end = nullptr;
-  errno = 0;
-  long long v = std::strtoll(s, &end, 10);
-  if (errno != 0 || end == s || *end != '\0' || v < 1 || v > 0x7fffffffLL) {
-    MX_ERROR_MSG << kLookup << ": attribute '" << key << "' must be an integer in [1, 2^31), got '"
-                 << it->second << "'";
-    return false;
-  }
-  *out = static_cast<int64_t>(v);
-  return true;
+  return masked_opt_native::get_int(attrs, kLookup, key, 1, 0x7fffffffLL, "in [1, 2^31)",
+                                    " (Embedding's)", out);
 }
 
 // Embedding's `dtype` attribute: a name ("float32", from Gluon and JSON), a type code, or -1
