@@ -14,6 +14,7 @@ import math
 import os
 import zipfile
 
+import json_tree
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -374,25 +375,6 @@ _arrays = hnp.arrays(
     shape=hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5))
 
 
-def _paths(node, prefix=()):
-    """Every (container path, key) in a JSON tree."""
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list):
-        items = enumerate(node)
-    else:
-        return
-    for key, value in items:
-        yield prefix, key
-        yield from _paths(value, prefix + (key,))
-
-
-def _at(node, path):
-    for key in path:
-        node = node[key]
-    return node
-
-
 @st.composite
 def _corruptions(draw):
     """A list of edits: ('set'|'del', path, key, value) on the manifest, ('array', ...) or
@@ -409,11 +391,11 @@ def _apply(edits, rnd, manifest, arrays, data):
     text, byte_edit = None, None
     for edit in edits:
         if edit in ('set', 'del'):
-            spots = list(_paths(manifest))
+            spots = list(json_tree.spots(manifest))
             if not spots or text is not None:
                 continue
             path, key = rnd.choice(spots)
-            parent = _at(manifest, path)
+            parent = json_tree.at(manifest, path)
             if edit == 'del':
                 del parent[key]
             else:

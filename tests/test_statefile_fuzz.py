@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 
+import json_tree
 import mxnet as mx
 import numpy as np
 import pytest
@@ -118,21 +119,6 @@ _arrays = hnp.arrays(
     shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6))
 
 
-def _spots(node, path=()):
-    """Every (path of a container, key in it) of a JSON tree."""
-    items = node.items() if isinstance(node, dict) else enumerate(node) \
-        if isinstance(node, list) else ()
-    for key, value in items:
-        yield path, key
-        yield from _spots(value, path + (key,))
-
-
-def _at(node, path):
-    for key in path:
-        node = node[key]
-    return node
-
-
 @st.composite
 def _corruption(draw, api):
     """(manifest text, arrays, raw-byte edit or None, must the file be refused?)"""
@@ -145,11 +131,11 @@ def _corruption(draw, api):
     for _ in range(draw(st.integers(1, 2), label='edits')):
         kind = draw(st.sampled_from(kinds), label='kind')
         if kind in ('set', 'del', 'add'):
-            spots = list(_spots(manifest)) if isinstance(manifest, dict) else []
+            spots = list(json_tree.spots(manifest)) if isinstance(manifest, dict) else []
             if not spots:
                 continue
             path, key = draw(st.sampled_from(spots), label='where')
-            parent = _at(manifest, path)
+            parent = json_tree.at(manifest, path)
             if kind == 'set':
                 parent[key] = draw(_json, label='value')
             elif kind == 'del':
