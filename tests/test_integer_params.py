@@ -10,6 +10,7 @@ the float ones keep their bits.
 import mxnet as mx
 import pytest
 from bits import assert_same_bits
+from dist_kv import RecordingDistKV
 from mxnet import gluon
 from mxnet.kvstore.kvstore import KVStore
 
@@ -93,23 +94,12 @@ def test_module_two_devices_refuses_an_integer_parameter_in_init_optimizer():
         assert_same_bits(before[name], value, name)
 
 
-class _DistKV:
-    """Stands in for a worker's dist kvstore: records what set_optimizer would send."""
-    type = 'dist_sync'
-
-    def __init__(self):
-        self.sent = []
-
-    def _send_command_to_servers(self, head, body):
-        self.sent.append((head, body))
-
-
 def test_dist_kvstore_refuses_an_integer_parameter_before_sending(monkeypatch):
     """A dist kvstore's servers would get the optimizer pickled: the worker refuses first."""
     counts, emb = _params('int64')
     opt = mo.Masked(base='sgd', masks={'counts_weight': mo.train_rows([0])},
                     param_dict={0: counts, 1: emb})
-    kv = _DistKV()
+    kv = RecordingDistKV()
     monkeypatch.delenv('DMLC_ROLE', raising=False)
     with pytest.raises(TypeError) as err:
         KVStore.set_optimizer(kv, opt)

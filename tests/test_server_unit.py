@@ -19,6 +19,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import as_bits, assert_same_bits
+from dist_kv import RecordingDistKV
 from mxnet.kvstore import kvstore_server
 from mxnet.kvstore.kvstore import KVStore
 
@@ -89,23 +90,12 @@ def no_exit(monkeypatch):
     monkeypatch.setattr(server, 'die', die)
 
 
-class _DistKV:
-    """Stands in for a worker's dist kvstore: records what set_optimizer sends."""
-    type = 'dist_sync'
-
-    def __init__(self):
-        self.sent = []
-
-    def _send_command_to_servers(self, head, body):
-        self.sent.append((head, body))
-
-
 def _sent_by_worker(bound):
     """The optimizer text a worker's ``KVStore.set_optimizer`` sends, via MXNet's own code."""
     params = {i: mx.gluon.Parameter(name, shape=shape) for i, (name, shape) in
               enumerate(sorted(SHAPES.items()))}     # Gluon's keys: name-sorted positions
     opt = mo.Masked('sgd', masks=MASKS, param_dict=params, **HYPER)
-    kv = _DistKV()
+    kv = RecordingDistKV()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv('MXNET_KVSTORE_BIGARRAY_BOUND', str(bound))
         mp.delenv('DMLC_ROLE', raising=False)
