@@ -13,6 +13,7 @@ import mxnet as mx
 import numpy as np
 import pytest
 from bits import assert_same_bits, state_arrays
+from exact import run_masked
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,21 +35,14 @@ def _spy(opt):
     return calls
 
 
-def _run(opt, weights, grads, steps=STEPS):
-    updater = mx.optimizer.get_updater(opt)
-    for t in range(steps):
-        updater(list(range(len(weights))), [g[t] for g in grads], weights)
-    return updater
-
-
 def _setting(dtype='float32', sparse_neighbour=False):
     rng = np.random.RandomState(0)
     shapes = [(100, 4), (50, 4), (30, 4)]
     w0 = [rng.uniform(-1, 1, s).astype(dtype) for s in shapes]
-    grads = [[mx.nd.array(rng.normal(size=s), dtype=dtype) for _ in range(STEPS)]
-             for s in shapes]
-    if sparse_neighbour:   # b_weight's gradient: SGD then runs its one-tensor kernels
-        grads[2] = [g.tostype('row_sparse') for g in grads[2]]
+    # One array per parameter, (STEPS,) + shape, as exact.run_masked takes them ...
+    grads = [mx.nd.array(rng.normal(size=(STEPS,) + s), dtype=dtype) for s in shapes]
+    if sparse_neighbour:   # ... or a list of steps: b_weight's, row_sparse (SGD then runs
+        grads[2] = [g.tostype('row_sparse') for g in grads[2]]   # its one-tensor kernels)
     names = {0: 'a_weight', 1: 'frozen_weight', 2: 'b_weight'}
     return w0, grads, names
 
@@ -61,7 +55,7 @@ def test_sgd_stand_ins_are_called_apart_from_their_neighbours(mask, monkeypatch)
     opt = mo.Masked(base='sgd', momentum=0.9, learning_rate=0.1, param_idx2name=names,
                     masks={'frozen_weight': mask})
     calls = _spy(opt)
-    _run(opt, [mx.nd.array(w) for w in w0], grads, steps=1)
+    run_masked(opt, [mx.nd.array(w) for w in w0], [g[:1] for g in grads], 'updater')
     assert calls == [[0, 2], [1]]
 
 
@@ -78,7 +72,7 @@ def test_one_call_where_apart_could_change_bits(case, monkeypatch):
     if case == 'schedule, counts differ':
         opt.base._index_update_count.update({0: 3, 1: 5, 2: 3})   # e.g. after a resume
     calls = _spy(opt)
-    _run(opt, [mx.nd.array(w) for w in w0], grads, steps=1)
+    run_masked(opt, [mx.nd.array(w) for w in w0], [g[:1] for g in grads], 'updater')
     assert calls == [[0, 1, 2]]
 
 
@@ -111,12 +105,11 @@ def test_neighbours_keep_the_wrapped_sgds_bits(momentum, dtype, schedule, skew, 
                 base._index_update_count.update({0: 2, 1: 4, 2: 2})
                 base.num_update = 4
             weights = [mx.nd.array(w, dtype=dtype) for w in w0]
-            runs.append((weights, _run(opt, weights, grads), base))
-        (w_m, up_m, b_m), (w_a, up_a, b_a) = runs
+            runs.append((weights, run_masked(opt, weights, grads, 'updater'), base))
+        (w_m, s_m, b_m), (w_a, s_a, b_a) = runs
         for i in (0, 2):
             assert_same_bits(w_m[i], w_a[i], 'neighbour %d' % i)
-            for a, b in zip(state_arrays(up_m.states[i]), state_arrays(up_a.states[i]),
-                            strict=True):
+            for a, b in zip(state_arrays(s_m[i]), state_arrays(s_a[i]), strict=True):
                 assert_same_bits(a, b, 'neighbour %d state' % i)
         assert b_m._index_update_count == b_a._index_update_count
         assert b_m.num_update == b_a.num_update
